@@ -1,0 +1,39 @@
+# make run  : create .venv, install the pinned dependencies, run the whole pipeline (Prefect + DVC)
+# make test : create .venv if needed, run the test suite
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+# Keep every tool's state inside the project; no telemetry (pipeline/env.py sets the same).
+export DVC_NO_ANALYTICS := 1
+export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
+export DVC_GLOBAL_CONFIG_DIR := $(CURDIR)/.dvc/tmp/global-config
+export DVC_SYSTEM_CONFIG_DIR := $(CURDIR)/.dvc/tmp/system-config
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install run test bench clean-venv
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 is the CPU build; requirements.lock pins every transitive package.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@echo "creating $(VENV) and installing pinned dependencies (about 2 minutes the first time)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -qq -c requirements.lock -e '.[dev]'
+	@touch $@
+
+run: install
+	$(VENV)/bin/facesem run
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PY) benchmarks/renderer.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,161 @@
+"""Linear-encoded semantics (paper Sec. 3.3, Eq. 2-4): regression of semantics on latent differences.
+
+A semantic y = f(G(w)) is assumed linear in w: dy = v^T dw. From N pairs of
+latents and their measured semantics, stack dW [N, d] and dY [N, k] and solve
+
+    V = argmin ||dY - dW V||^2 = (dW^T dW)^-1 dW^T dY          (Eq. 3, N > d)
+
+one column per semantic. The normal equations (dW^T dW, dW^T dY) are sums
+over pairs, so ``NormalEquations`` accumulates them chunk by chunk (and
+merges shards); ``regress_directions`` is the one-shot version. Moving along
+a direction (Eq. 4): w_s = w - (w.v) v + s sigma_w v, v of unit length,
+sigma_w the standard deviation of w.v over samples.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+SCHEMES = ("random", "reference", "consecutive")
+
+
+def derangement(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Uniformly random permutation [n] (long) with no fixed point: perm[i] != i for all i.
+
+    Rejection sampling of ``torch.randperm`` (about e tries on average). n >= 2.
+    """
+    if n < 2:
+        raise ValueError(f"a derangement needs n >= 2, got {n}")
+    idx = torch.arange(n)
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        if not (perm == idx).any():
+            return perm.to(device) if device is not None else perm
+
+
+def pair_differences(w: torch.Tensor, y: torch.Tensor, scheme: str = "random",
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent and semantic differences of pairs of samples.
+
+    w [N, d], y [N] or [N, k] (row i measured on G(w_i)). ``scheme``:
+    "random": each sample minus a random other one (a derangement: N pairs,
+    every sample used twice); "reference": every sample minus sample 0
+    (N - 1 pairs); "consecutive": sample i + 1 minus sample i (N - 1 pairs).
+    Returns (dW [M, d], dY [M] or [M, k]).
+    """
+    if w.shape[0] != y.shape[0]:
+        raise ValueError(f"w and y must have the same number of rows, got {w.shape[0]} and {y.shape[0]}")
+    if scheme == "random":
+        perm = derangement(w.shape[0], generator).to(w.device)
+        return w - w[perm], y - y[perm]
+    if scheme == "reference":
+        return w[1:] - w[:1], y[1:] - y[:1]
+    if scheme == "consecutive":
+        return w[1:] - w[:-1], y[1:] - y[:-1]
+    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+
+
+class NormalEquations:
+    """Running sums of the least-squares normal equations: gram = dW^T dW [d, d], cross = dW^T dY [d, k].
+
+    ``add`` chunks of pairs (float64 sums), ``merge`` shards, ``solve`` for the
+    directions. ``state_dict`` holds plain tensors.
+    """
+
+    def __init__(self, d: int, k: int = 1, device=None):
+        self.gram = torch.zeros(d, d, dtype=torch.float64, device=device)
+        self.cross = torch.zeros(d, k, dtype=torch.float64, device=device)
+        self.n = 0
+
+    @property
+    def dim(self) -> int:
+        return self.gram.shape[0]
+
+    def add(self, dw: torch.Tensor, dy: torch.Tensor) -> "NormalEquations":
+        """Accumulate pairs dW [M, d], dY [M] or [M, k]."""
+        dw = dw.to(self.gram)
+        dy = dy.to(self.gram).reshape(dw.shape[0], -1)
+        self.gram += dw.T @ dw
+        self.cross += dw.T @ dy
+        self.n += dw.shape[0]
+        return self
+
+    def merge(self, other: "NormalEquations") -> "NormalEquations":
+        """Add another accumulator's sums (e.g. from another shard)."""
+        self.gram += other.gram.to(self.gram)
+        self.cross += other.cross.to(self.cross)
+        self.n += other.n
+        return self
+
+    def solve(self, ridge: float = 0.0, rcond: float = 1e-10, fallback: float = 1e-6,
+              _stacklevel: int = 2) -> torch.Tensor:
+        """V [d, k] float64 = (gram + ridge I)^-1 cross.
+
+        Never raises on a singular system: when N <= d with ``ridge`` 0, or
+        when the smallest eigenvalue of (gram + ridge I) is below ``rcond``
+        times the largest, it warns and adds a ridge of ``fallback`` times the
+        mean diagonal of gram.
+        """
+        d = self.dim
+        eye = torch.eye(d, dtype=self.gram.dtype, device=self.gram.device)
+        a = self.gram + ridge * eye
+        eig = torch.linalg.eigvalsh(a)
+        singular = not bool(eig[0] > rcond * eig[-1].abs().clamp_min(1e-300))
+        if singular or (self.n <= d and ridge <= 0):
+            scale = float(self.gram.diagonal().mean().clamp_min(1e-12))
+            why = f"N = {self.n} <= d = {d}" if self.n <= d else "near-singular system"
+            warnings.warn(f"regression: {why}; adding a ridge of {fallback * scale:.3g}", RuntimeWarning,
+                          stacklevel=_stacklevel)
+            a = a + fallback * scale * eye
+        chol, info = torch.linalg.cholesky_ex(a)
+        if int(info) == 0:
+            return torch.cholesky_solve(self.cross, chol)
+        return torch.linalg.lstsq(a, self.cross).solution  # still indefinite: least squares
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"gram": self.gram, "cross": self.cross, "n": torch.tensor(self.n)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "NormalEquations":
+        out = cls(state["gram"].shape[0], state["cross"].shape[1], state["gram"].device)
+        out.gram.copy_(state["gram"])
+        out.cross.copy_(state["cross"])
+        out.n = int(state["n"])
+        return out
+
+
+def regress_directions(dw: torch.Tensor, dy: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """Eq. 3: V = (dW^T dW + ridge I)^-1 dW^T dY. dW [N, d], dY [N, k] -> [d, k] (dY [N] -> [d]).
+
+    Solved in float64, returned in dW's dtype. Warns and adds a small ridge
+    when N <= d (with ridge 0) or the system is near-singular (see
+    ``NormalEquations.solve``); never raises for that.
+    """
+    k = 1 if dy.dim() == 1 else dy.shape[1]
+    eq = NormalEquations(dw.shape[1], k, dw.device).add(dw, dy)
+    v = eq.solve(ridge, _stacklevel=3).to(dw.dtype)
+    return v[:, 0] if dy.dim() == 1 else v
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """v / ||v|| along the last dimension."""
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def projection_std(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sigma_w: standard deviation (N - 1 normalised) of w.v_hat over samples w [N, d]; v [d] any norm. -> 0-d."""
+    return (w @ unit(v).to(w)).std()
+
+
+def manipulate(w: torch.Tensor, v: torch.Tensor, s, sigma_w) -> torch.Tensor:
+    """Eq. 4: w_s = w - (w.v) v + s sigma_w v, v normalised inside.
+
+    w [B, d]; v [d] (any norm); s: float or [B]; sigma_w: float or 0-d tensor.
+    The component of w orthogonal to v is kept; w_s.v = s sigma_w.
+    """
+    v = unit(v).to(w)
+    s = torch.as_tensor(s, dtype=w.dtype, device=w.device)
+    sigma_w = torch.as_tensor(sigma_w, dtype=w.dtype, device=w.device)
+    target = (s * sigma_w).expand(w.shape[0])
+    return w + (target - w @ v)[:, None] * v

@@ -1,0 +1,70 @@
+"""Unsup3D's evaluation of a 3D decomposition against ground truth.
+
+* SIDE, scale-invariant depth error (Eigen et al. 2014, as Unsup3D):
+  with D = log d_pred - log d_gt over the mask's pixels,
+  SIDE = sqrt(mean(D^2) - mean(D)^2), the standard deviation of the log-depth
+  difference: 0 for d_pred = k d_gt, any k > 0. Unsup3D reports it x 1e-2.
+* MAD, mean angle deviation: mean over the mask of the angle (degrees)
+  between the normals of the two depth maps (``renderer.depth_to_normals``).
+* View errors: |pitch|, |yaw|, |roll| differences in degrees.
+
+Unsup3D compares depth in the input view (the warped predicted depth against
+the ground-truth depth of the image), with a mask eroded by one pixel
+(``erode``); the functions here take whichever maps the caller passes.
+All metrics are per image ([B]); average over images as Unsup3D does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from models.renderer import depth_to_normals
+
+
+def erode(mask: torch.Tensor, px: int = 1) -> torch.Tensor:
+    """Shrink a 0/1 mask [B, H, W] or [B, 1, H, W] by ``px`` pixels (3x3 min filter, px times)."""
+    if px <= 0:
+        return mask
+    m = mask if mask.dim() == 4 else mask[:, None]
+    m = (-F.max_pool2d(-m.float(), 2 * px + 1, 1, px)).to(mask.dtype)  # pixels beyond the image are ignored
+    return m if mask.dim() == 4 else m[:, 0]
+
+
+def _weights(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """Mask [B, H, W] (or [B, 1, H, W], bool or float) as float weights [B, H, W]; all ones if None."""
+    if mask is None:
+        return torch.ones_like(like)
+    m = mask.to(like.dtype)
+    return m[:, 0] if m.dim() == 4 else m
+
+
+def scale_invariant_depth_error(pred: torch.Tensor, gt: torch.Tensor,
+                                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SIDE per image [B] of depth maps [B, H, W] (> 0) over ``mask`` [B, (1,) H, W]."""
+    m = _weights(mask, pred)
+    n = m.sum((1, 2)).clamp_min(1)
+    diff = pred.log() - gt.log()
+    mean = (diff * m).sum((1, 2)) / n
+    var = (((diff - mean[:, None, None]) ** 2) * m).sum((1, 2)) / n
+    return var.clamp_min(0).sqrt()
+
+
+def normal_angles(pred: torch.Tensor, gt: torch.Tensor, fov_deg: float = 10.0) -> torch.Tensor:
+    """Angle (degrees) [B, H, W] between the normals of depth maps pred and gt [B, H, W]."""
+    n1, n2 = depth_to_normals(pred, fov_deg), depth_to_normals(gt, fov_deg)
+    cross = torch.linalg.cross(n1, n2, dim=1).norm(dim=1)
+    dot = (n1 * n2).sum(1)
+    return torch.rad2deg(torch.atan2(cross, dot))  # accurate near 0, unlike acos
+
+
+def mean_angle_deviation(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None,
+                         fov_deg: float = 10.0) -> torch.Tensor:
+    """MAD per image [B], degrees: mean normal angle between depth maps [B, H, W] over ``mask``."""
+    m = _weights(mask, pred)
+    return (normal_angles(pred, gt, fov_deg) * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
+
+
+def angle_errors(pred_view: torch.Tensor, true_view: torch.Tensor) -> torch.Tensor:
+    """|pitch|, |yaw|, |roll| errors [B, 3] in degrees (wrapped to [0, 180]) of views [B, 6] (VIEW_NAMES)."""
+    d = pred_view[:, :3] - true_view[:, :3]
+    return torch.remainder(d + 180.0, 360.0).sub(180.0).abs()

@@ -1,0 +1,310 @@
+"""Training of the 3D decomposition (paper Sec. 3.2 and 3.4): losses, yaw tracking, ``ReconTrainer``.
+
+Per image I (in [-1, 1]) the decomposer predicts depth d, albedo a, view v,
+light l and confidences; the renderer re-renders
+
+    I_hat  = R(d, a, v, l)                       reconstruction
+    I_flip = R(flip d, flip a, v, l)             symmetric (flipped) reconstruction
+    I_mut  = R(d', a', v, l)                     mutual: depth and albedo of I' = I[partner]
+
+``partner`` is a random derangement of the batch (never the image itself).
+Photometric loss: Laplacian negative log-likelihood with a predicted sigma,
+sqrt(2) |I - I_hat| / sigma + log sigma, averaged over channels and valid
+pixels (renderer mask of both the reconstruction and the flipped one, eroded
+by ``erode_px``; the mutual term uses its own mask). Total:
+
+    (1 - p) (L(I_hat) + flip_weight L(I_flip)) + p L(I_mut),    p = swap_prob
+
+The paper swaps with probability p; we take the *expectation* every step
+instead of sampling the branch: the depth, albedo, view and light are computed
+anyway, so the mutual term costs one more render (batched with the other two)
+and a confidence net, and the gradient has no branch-sampling variance and
+every step is deterministic given the seed. With p = 0 the mutual branch is
+skipped entirely.
+
+Yaw augmentation (Sec. 3.4, ``YawTracker``): with latents w of the images
+known, keep a rolling buffer of (w, predicted yaw); every ``every`` steps
+regress v_yaw on pair differences (ridge, the buffer is usually smaller than
+d), average the unit estimates with momentum 0.995 (bias-corrected), and add
+G(w_s) to the batch, w_s = Eq. 4 of batch latents with s ~ U[-10, 10].
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+
+from models.decomposition import Decomposer, Decomposition, resize
+from models.linear_semantics import derangement, manipulate, pair_differences, projection_std, \
+    regress_directions, unit
+from models.recon_metrics import erode
+from models.renderer import render
+
+Perceptual = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Reconstructions(NamedTuple):
+    """Re-rendered images in [-1, 1] and renderer masks [B, 1, r, r] (1 where a ray hits)."""
+
+    recon: torch.Tensor
+    mask: torch.Tensor
+    flip: torch.Tensor
+    flip_mask: torch.Tensor
+    mutual: torch.Tensor | None = None
+    mutual_mask: torch.Tensor | None = None
+
+
+def render_reconstructions(dec: Decomposition, partner: torch.Tensor | None = None,
+                           fov_deg: float = 10.0) -> Reconstructions:
+    """Render the reconstruction, the flipped one and (``partner`` [B] given) the mutual one.
+
+    One ``render`` call on the stacked batch (2B or 3B images). The flip
+    mirrors depth and albedo horizontally and keeps view and light; the mutual
+    image b uses depth and albedo of image partner[b] with b's view and light.
+    """
+    depth, albedo = [dec.depth, dec.depth.flip(2)], [dec.albedo, dec.albedo.flip(3)]
+    if partner is not None:
+        depth.append(dec.depth[partner])
+        albedo.append(dec.albedo[partner])
+    k = len(depth)
+    image, mask = render(torch.cat(depth), torch.cat(albedo), dec.view.repeat(k, 1), dec.light.repeat(k, 1),
+                         fov_deg)
+    image = image * 2 - 1
+    parts = [t for pair in zip(image.chunk(k), mask.chunk(k)) for t in pair]
+    return Reconstructions(*parts)
+
+
+def photometric_nll(recon: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """Laplacian NLL sqrt(2) |target - recon| / sigma + log sigma, mean over mask [B, 1, r, r] and channels.
+
+    recon, target [B, C, r, r]; sigma [B, 1, r, r] > 0 (broadcast over channels).
+    """
+    nll = math.sqrt(2) * (target - recon).abs() / sigma + sigma.log()
+    m = mask.expand_as(nll)
+    return (nll * m).sum() / m.sum().clamp_min(1)
+
+
+def reconstruction_losses(decomposer: Decomposer, images: torch.Tensor, *, swap_prob: float = 0.0,
+                          flip_weight: float = 0.5, partner: torch.Tensor | None = None,
+                          erode_px: int = 1, perceptual: Perceptual | None = None,
+                          perceptual_weight: float = 1.0, fov_deg: float = 10.0
+                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Decomposition, Reconstructions]:
+    """Loss of one batch images [B, 3, r, r] in [-1, 1] (see module doc).
+
+    ``partner`` [B] (a derangement) is required when swap_prob > 0.
+    Returns (total, parts, decomposition, reconstructions); parts: "recon",
+    "recon_flip", ("perceptual", "perceptual_flip",) ("mutual",) "total".
+    """
+    if swap_prob > 0 and partner is None:
+        raise ValueError("swap_prob > 0 needs a partner permutation")
+    dec = decomposer(images)
+    rec = render_reconstructions(dec, partner if swap_prob > 0 else None, fov_deg)
+    mask = erode(rec.mask * rec.flip_mask, erode_px).detach()
+    parts = {"recon": photometric_nll(rec.recon, images, dec.conf, mask),
+             "recon_flip": photometric_nll(rec.flip, images, dec.conf_flip, mask)}
+    own = parts["recon"] + flip_weight * parts["recon_flip"]
+    if perceptual is not None:
+        parts["perceptual"] = perceptual(rec.recon, images, mask)
+        parts["perceptual_flip"] = perceptual(rec.flip, images, mask)
+        own = own + perceptual_weight * (parts["perceptual"] + flip_weight * parts["perceptual_flip"])
+    total = own
+    if swap_prob > 0:
+        sigma = decomposer.mutual_conf(images, images[partner])
+        mmask = erode(rec.mutual_mask, erode_px).detach()
+        mutual = photometric_nll(rec.mutual, images, sigma, mmask)
+        if perceptual is not None:
+            mutual = mutual + perceptual_weight * perceptual(rec.mutual, images, mmask)
+        parts["mutual"] = mutual
+        total = (1 - swap_prob) * own + swap_prob * mutual
+    parts["total"] = total
+    return total, parts, dec, rec
+
+
+class YawTracker:
+    """Estimate of v_yaw in W from a rolling buffer of (w, predicted yaw) (paper Sec. 3.4).
+
+    ``push`` latents w [B, d] with the yaw (degrees) predicted for G(w);
+    ``update`` regresses yaw on pair differences of the buffer (relative
+    ridge: ``ridge`` x mean diagonal of dW^T dW) and folds the unit estimate
+    into a bias-corrected moving average (``momentum``); ``direction`` is the
+    average (None before the first update) and ``sigma_w`` the standard
+    deviation of the buffer's w along it. ``extrapolate`` applies Eq. 4.
+    """
+
+    def __init__(self, capacity: int = 2048, momentum: float = 0.995, ridge: float = 1e-2,
+                 min_samples: int = 64):
+        self.capacity, self.momentum, self.ridge, self.min_samples = capacity, momentum, ridge, min_samples
+        self.buf_w: torch.Tensor | None = None  # [capacity, d]
+        self.buf_y: torch.Tensor | None = None  # [capacity]
+        self.size = 0          # filled rows
+        self.pos = 0           # next row to write
+        self.updates = 0
+        self.v_avg: torch.Tensor | None = None  # [d] raw moving average (not bias-corrected)
+        self.sigma_w = 1.0
+
+    def push(self, w: torch.Tensor, yaw: torch.Tensor) -> None:
+        w, yaw = w.detach().float(), yaw.detach().float().reshape(-1)
+        if self.buf_w is None:
+            self.buf_w = w.new_zeros(self.capacity, w.shape[1])
+            self.buf_y = w.new_zeros(self.capacity)
+        w, yaw = w[-self.capacity:], yaw[-self.capacity:]
+        idx = (self.pos + torch.arange(w.shape[0], device=w.device)) % self.capacity
+        self.buf_w[idx] = w.to(self.buf_w)
+        self.buf_y[idx] = yaw.to(self.buf_y)
+        self.pos = int(idx[-1] + 1) % self.capacity
+        self.size = min(self.capacity, self.size + w.shape[0])
+
+    @property
+    def ready(self) -> bool:
+        """Enough samples in the buffer for an update."""
+        return self.size >= max(2, self.min_samples)
+
+    def estimate(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One regression estimate of v_yaw from the buffer: unit vector [d]."""
+        w, y = self.buf_w[:self.size], self.buf_y[:self.size]
+        dw, dy = pair_differences(w, y, "random", generator)
+        ridge = self.ridge * float((dw.double() ** 2).sum()) / dw.shape[1]
+        return unit(regress_directions(dw, dy, ridge))
+
+    def update(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Fold a new estimate into the moving average; returns the averaged direction [d]."""
+        v = self.estimate(generator)
+        self.v_avg = (1 - self.momentum) * v if self.v_avg is None else \
+            self.momentum * self.v_avg + (1 - self.momentum) * v
+        self.updates += 1
+        self.sigma_w = float(projection_std(self.buf_w[:self.size], self.direction))
+        return self.direction
+
+    @property
+    def direction(self) -> torch.Tensor | None:
+        """Bias-corrected moving average of the unit estimates [d] (norm <= 1), None before any update."""
+        if self.v_avg is None:
+            return None
+        return self.v_avg / (1 - self.momentum ** self.updates)
+
+    def extrapolate(self, w: torch.Tensor, scale: float = 10.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Eq. 4 on w [B, d] with s ~ U[-scale, scale] per row: [B, d]."""
+        s = (torch.rand(w.shape[0], generator=generator) * 2 - 1) * scale
+        return manipulate(w, self.direction.to(w), s.to(w), self.sigma_w)
+
+    def state_dict(self) -> dict:
+        out = {"size": self.size, "pos": self.pos, "updates": self.updates, "sigma_w": self.sigma_w}
+        if self.buf_w is not None:
+            out.update(buf_w=self.buf_w.clone(), buf_y=self.buf_y.clone())
+        if self.v_avg is not None:
+            out["v_avg"] = self.v_avg.clone()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size, self.pos, self.updates = int(state["size"]), int(state["pos"]), int(state["updates"])
+        self.sigma_w = float(state["sigma_w"])
+        self.buf_w = state["buf_w"].clone() if "buf_w" in state else None
+        self.buf_y = state["buf_y"].clone() if "buf_y" in state else None
+        self.v_avg = state["v_avg"].clone() if "v_avg" in state else None
+        if self.buf_w is not None and self.buf_w.shape[0] != self.capacity:
+            raise ValueError(f"buffer capacity {self.buf_w.shape[0]} != {self.capacity}")
+
+
+class ReconTrainer:
+    """Optimises a ``Decomposer`` (Adam, Unsup3D's lr 1e-4 and weight decay 5e-4); no I/O.
+
+    ``step(images, w=None)`` does one update on images [B, 3, r', r'] in
+    [-1, 1] (resized to the decomposer's r). With ``yaw_augment`` (needs
+    ``generate(w [n, d]) -> images [n, 3, *, *]`` in [-1, 1]) and the batch's
+    latents w [B, d], every step pushes (w, predicted yaw) to a ``YawTracker``,
+    every ``yaw_every`` steps updates v_yaw, and once v_yaw exists each step
+    appends round(yaw_fraction B) generations G(w_s) of random batch latents
+    extrapolated along v_yaw (s ~ U[-yaw_scale, yaw_scale]).
+
+    Non-finite losses or gradients raise ``FloatingPointError`` naming the
+    loss before any weight or optimizer state changes.
+    """
+
+    def __init__(self, decomposer: Decomposer, *, lr: float = 1e-4, weight_decay: float = 5e-4,
+                 betas: tuple[float, float] = (0.9, 0.999), flip_weight: float = 0.5,
+                 swap_prob: float = 0.0, erode_px: int = 1, perceptual: Perceptual | None = None,
+                 perceptual_weight: float = 1.0, fov_deg: float = 10.0,
+                 generate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 yaw_augment: bool = False, yaw_every: int = 10, yaw_momentum: float = 0.995,
+                 yaw_scale: float = 10.0, yaw_fraction: float = 0.5, yaw_buffer: int = 2048,
+                 yaw_ridge: float = 1e-2, yaw_min_samples: int = 64, seed: int = 0):
+        if not 0.0 <= swap_prob <= 1.0:
+            raise ValueError(f"swap_prob must be in [0, 1], got {swap_prob}")
+        if yaw_augment and generate is None:
+            raise ValueError("yaw_augment needs a generate(w) callable")
+        self.decomposer = decomposer
+        self.optimizer = torch.optim.Adam(decomposer.parameters(), lr=lr, betas=tuple(float(b) for b in betas),
+                                          weight_decay=weight_decay)
+        self.flip_weight, self.swap_prob, self.erode_px = flip_weight, swap_prob, erode_px
+        self.perceptual, self.perceptual_weight, self.fov_deg = perceptual, perceptual_weight, fov_deg
+        self.generate, self.yaw_augment = generate, yaw_augment
+        self.yaw_every, self.yaw_scale, self.yaw_fraction = yaw_every, yaw_scale, yaw_fraction
+        self.yaw = YawTracker(yaw_buffer, yaw_momentum, yaw_ridge, yaw_min_samples)
+        self.generator = torch.Generator().manual_seed(seed)  # CPU: derangements, augmentation draws
+        self.steps = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decomposer.parameters()).device
+
+    def _augment(self, images: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """Append G(w_s) for yaw-extrapolated batch latents (once v_yaw exists)."""
+        if not self.yaw_augment or w is None or self.yaw.direction is None:
+            return images
+        n = max(1, round(self.yaw_fraction * w.shape[0]))
+        pick = torch.randint(w.shape[0], (n,), generator=self.generator).to(w.device)
+        w_s = self.yaw.extrapolate(w[pick], self.yaw_scale, self.generator)
+        with torch.no_grad():
+            extra = resize(self.generate(w_s).to(images), images.shape[-1])
+        return torch.cat([images, extra])
+
+    def losses(self, images: torch.Tensor, partner: torch.Tensor | None = None):
+        """``reconstruction_losses`` with this trainer's settings (draws a partner if needed)."""
+        if self.swap_prob > 0 and partner is None:
+            partner = derangement(images.shape[0], self.generator).to(images.device)
+        return reconstruction_losses(self.decomposer, images, swap_prob=self.swap_prob,
+                                     flip_weight=self.flip_weight, partner=partner, erode_px=self.erode_px,
+                                     perceptual=self.perceptual, perceptual_weight=self.perceptual_weight,
+                                     fov_deg=self.fov_deg)
+
+    def step(self, images: torch.Tensor, w: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimisation step; returns the loss parts (floats) and "n_augmented"."""
+        images = resize(images.to(self.device, torch.float32), self.decomposer.resolution)
+        if w is not None:
+            w = w.to(self.device, torch.float32)
+        batch = self._augment(images, w)
+        self.decomposer.train()
+        total, parts, dec, _ = self.losses(batch)
+        for name, value in parts.items():
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"non-finite loss '{name}' = {float(value)} at step {self.steps}")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        for name, p in self.decomposer.named_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                self.optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(f"non-finite gradient of loss 'total' w.r.t. {name} at step {self.steps}")
+        self.optimizer.step()
+        self.steps += 1
+        if self.yaw_augment and w is not None:
+            self.yaw.push(w, dec.view[:w.shape[0], 1])
+            if self.steps % self.yaw_every == 0 and self.yaw.ready:
+                self.yaw.update(self.generator)
+        out = {k: float(v.detach()) for k, v in parts.items()}
+        out["n_augmented"] = float(batch.shape[0] - images.shape[0])
+        return out
+
+    def state_dict(self) -> dict:
+        """Weights, optimizer, yaw tracker, step counter and RNG state (tensors and numbers only)."""
+        return {"decomposer": self.decomposer.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "yaw": self.yaw.state_dict(), "steps": self.steps, "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decomposer.load_state_dict(state["decomposer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.yaw.load_state_dict(state["yaw"])
+        self.steps = int(state["steps"])
+        self.generator.set_state(state["rng"])

@@ -1,0 +1,79 @@
+"""Build, save and load the pipeline's generators (StyleGAN2 or the linear ground truth).
+
+Downstream stages see one interface, `LatentGenerator`: `mapping(z) -> w [B, d]` (the
+single W vector the paper regresses on) and `synthesis(w) -> images [B, 3, H, W]` in [-1, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.linear_generator import LinearFaceGenerator
+from models.stylegan2 import Discriminator, Generator
+from pipeline.checkpoints import load_checkpoint
+from pipeline.params import GanParams
+
+STYLEGAN_KEYS = ("z_dim", "w_dim", "mapping_layers", "resolution", "channel_base", "channel_max")
+
+
+def stylegan_config(gan: GanParams) -> dict[str, int]:
+    return {k: getattr(gan, k) for k in STYLEGAN_KEYS}
+
+
+def build_stylegan(config: dict[str, int]) -> tuple[Generator, Discriminator]:
+    G = Generator(**config)
+    D = Discriminator(resolution=config["resolution"], channel_base=config["channel_base"],
+                      channel_max=config["channel_max"])
+    return G, D
+
+
+@dataclass
+class LatentGenerator:
+    """A trained generator as later stages use it."""
+    net: torch.nn.Module
+    kind: str
+    meta: dict[str, Any]
+
+    @property
+    def z_dim(self) -> int:
+        return self.net.z_dim
+
+    @property
+    def w_dim(self) -> int:
+        return self.net.w_dim
+
+    @property
+    def resolution(self) -> int:
+        return self.net.resolution
+
+    @torch.no_grad()
+    def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
+        """z [B, z_dim] -> w [B, w_dim], pulled toward the mean w by truncation_psi < 1."""
+        if self.kind == "stylegan2":
+            return self.net.mapping(z, truncation_psi, broadcast=False, update_w_avg=False)
+        return self.net.mapping(z, truncation_psi)
+
+    def synthesis(self, w: torch.Tensor) -> torch.Tensor:
+        """w [B, w_dim] -> images [B, 3, H, W] in [-1, 1] (deterministic: constant noise)."""
+        if self.kind == "stylegan2":
+            return self.net.synthesis(w, noise_mode="const")
+        return self.net.synthesis(w)
+
+
+def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> LatentGenerator:
+    """Load the generator a `train_gan` run exported (`generator.safetensors` + sidecar)."""
+    state, meta = load_checkpoint(weights, device)
+    kind = meta.get("kind")
+    if kind == "stylegan2":
+        net, _ = build_stylegan(meta["config"])
+        net.load_state_dict({k: v.float() for k, v in state["G_ema"].items()})
+    elif kind == "linear":
+        net = LinearFaceGenerator(meta["config"]["w_dim"], state["f0"], state["scale"],
+                                  meta["config"]["resolution"], asymmetry=meta["config"]["asymmetry"])
+        net.load_state_dict(state)
+    else:
+        raise ValueError(f"{weights}: unknown generator kind {kind!r} in its sidecar")
+    return LatentGenerator(net.to(device).eval().requires_grad_(False), kind, meta)

@@ -1,0 +1,152 @@
+"""The params.yaml schema, validated before any work.
+
+Every tunable number of the pipeline lives in params.yaml, grouped by stage. An unknown key,
+a wrong type or an out-of-range value raises `ParamsError` naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    """Stage `faces`: the face images and their ground truth."""
+    source: Literal["synthetic", "folder"] = "synthetic"
+    path: str = "data/raw"                      # folder of images when source = folder
+    n_images: int = Field(24000, ge=1)
+    resolution: int = Field(64, ge=16, le=1024)  # square images, pixels
+    pose: Literal["frontal", "wide"] = "frontal"
+    asymmetry: float = Field(1.0, ge=0.0, le=4.0)
+    n_eval: int = Field(512, ge=0)               # first images that keep gt depth/albedo
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(256, ge=1)
+    chunk: int = Field(512, ge=1)                # zarr chunk along the sample axis
+    min_size: int = Field(32, ge=1)              # folder: shorter side below this is skipped
+    crop: Literal["center", "none"] = "center"   # folder: square crop before resizing
+
+
+class PreviewParams(Section):
+    """Stage `preview`: a grid of faces to look at."""
+    grid: int = Field(8, ge=1, le=32)            # grid x grid images
+    scale: int = Field(2, ge=1, le=8)            # nearest-neighbour upscaling
+
+
+class GanParams(Section):
+    """Stage `train_gan`: StyleGAN2 with the W-decorrelation loss, or the linear ground-truth generator."""
+    kind: Literal["stylegan2", "linear"] = "stylegan2"
+    init: str = "scratch"                        # scratch | path of a checkpoint (.safetensors) to continue from
+    resolution: int = Field(32, ge=8, le=1024)   # images are area-downsampled from data.resolution
+    z_dim: int = Field(256, ge=2)
+    w_dim: int = Field(256, ge=2)
+    mapping_layers: int = Field(8, ge=1)
+    channel_base: int = Field(2048, ge=16)
+    channel_max: int = Field(128, ge=8)
+    batch_size: int = Field(16, ge=2)
+    lr: float = Field(0.0025, gt=0)
+    r1_gamma: float = Field(0.02, ge=0)
+    r1_interval: int = Field(16, ge=1)
+    pl_weight: float = Field(2.0, ge=0)
+    pl_interval: int = Field(4, ge=1)
+    style_mixing_prob: float = Field(0.9, ge=0, le=1)
+    ema_kimg: float = Field(5.0, gt=0)
+    decorr_weight: float = Field(1.0, ge=0)      # Eq. 1 weight (mean over pairs); 0 = off
+    decorr_batch_size: int = Field(512, ge=0)    # z mapped for Eq. 1 each G step; 0 = the G batch
+    kimg: float = Field(2.0, ge=0)               # thousands of real images shown in this run
+    snapshot_kimg: float = Field(1.0, gt=0)      # checkpoint + sample grid period
+    log_every: int = Field(20, ge=1)             # steps between curve rows
+    keep_checkpoints: int = Field(2, ge=1)
+    grid: int = Field(6, ge=1, le=16)            # sample grid side (fixed seeds)
+    seed: int = Field(0, ge=0)
+    metric_samples: int = Field(2048, ge=64)     # samples for mean |rho| of W
+
+
+class LatentsParams(Section):
+    """Stage `sample_latents`: N latent codes and their generations."""
+    n: int = Field(8192, ge=2)                    # latent codes to sample
+    chunk: int = Field(1024, ge=1)               # samples per zarr chunk (= per shard unit)
+    batch_size: int = Field(256, ge=1)
+    truncation_psi: float = Field(1.0, gt=0, le=1)
+    seed: int = Field(1, ge=0)
+
+
+class OracleParams(Section):
+    """Stage `train_oracle`: supervised factor regressor, for evaluation only (Table 2's landmarker)."""
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(0.002, gt=0)
+    width: int = Field(32, ge=4)
+    holdout: float = Field(0.1, gt=0, lt=1)      # fraction of faces held out for R^2
+    r2_threshold: float = Field(0.8, ge=0, le=1)  # factors measured worse are flagged
+    seed: int = Field(0, ge=0)
+
+
+class FlowParams(Section):
+    """Orchestration (Prefect): retries of a failed stage."""
+    retries: int = Field(0, ge=0, le=10)
+    retry_delay_s: float = Field(5.0, ge=0.0)
+
+
+class Params(Section):
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    data: DataParams = DataParams()
+    preview: PreviewParams = PreviewParams()
+    gan: GanParams = GanParams()
+    latents: LatentsParams = LatentsParams()
+    oracle: OracleParams = OracleParams()
+    flow: FlowParams = FlowParams()
+
+    def section_hash(self, *names: str) -> str:
+        """sha256 (first 16 hex digits) of the named sections (all when none given)."""
+        dump = self.model_dump()
+        chosen = {n: dump[n] for n in (names or sorted(dump))}
+        text = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ParamsError(ValueError):
+    """params.yaml does not match the schema; the message names every offending key."""
+
+
+def _allowed(model: type[BaseModel], loc: tuple) -> str:
+    """Describe the allowed keys at `loc` (for unknown-key errors)."""
+    for key in loc[:-1]:
+        field = model.model_fields.get(str(key))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return ""
+        model = field.annotation
+    return "allowed keys: " + ", ".join(model.model_fields)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ParamsError naming each bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                lines.append(f"  {key}: unknown key ({_allowed(Params, e['loc'])})")
+            else:
+                lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+        raise ParamsError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found")
+    with path.open() as fh:
+        raw = yaml.safe_load(fh) or {}
+    return parse_params(raw, str(path))

@@ -1,0 +1,24 @@
+"""Stage `preview`: a grid of the first faces of data/faces.zarr as a PNG, to look at."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.artifacts import open_store
+from pipeline.images import save_grid
+from pipeline.params import Params
+from pipeline.stage import stage_args
+
+
+def run(params: Params, faces: Path, out: Path) -> Path:
+    images = open_store(faces)["images"]
+    n = min(params.preview.grid ** 2, images.shape[0])
+    return save_grid(images[:n], out, ncols=params.preview.grid, scale=params.preview.scale)
+
+
+def main() -> None:
+    args, params = stage_args(__doc__.splitlines()[0], ["faces", "out"])
+    print(f"wrote {run(params, Path(args.faces), Path(args.out))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Stage `train_gan`: StyleGAN2 with W decorrelation on faces.zarr, or the linear generator.
+
+Writes `--out` (the exported generator: G_ema weights + sidecar, a sample grid) and keeps
+its working state in `--run` (checkpoints, per-snapshot sample grids, curves.csv), which DVC
+persists, so an interrupted run resumes from its newest checkpoint instead of restarting.
+A checkpoint is reused only if it was made with the same gan params and the same faces data.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from models.decorrelation import mean_abs_rho
+from models.gan_training import GANTrainer
+from models.linear_generator import LinearFaceGenerator
+from pipeline.artifacts import open_store, write_json
+from pipeline.datasets import load_images, to_unit
+from pipeline.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.device import select_device
+from pipeline.generators import build_stylegan, load_generator, stylegan_config
+from pipeline.images import save_grid, to_uint8
+from pipeline.params import Params
+from pipeline.stage import stage_args
+
+log = logging.getLogger("stages.train_gan")
+CURVE_KEYS = ("kimg", "loss_G", "loss_D", "loss_D_real", "loss_D_fake", "decorr", "mean_abs_rho",
+              "r1_penalty", "pl_penalty", "img_per_s")
+
+
+def grid_latents(params: Params, z_dim: int, device) -> torch.Tensor:
+    """Fixed z for sample grids (same across snapshots and runs)."""
+    g = torch.Generator().manual_seed(params.gan.seed + 1)
+    return torch.randn(params.gan.grid ** 2, z_dim, generator=g).to(device)
+
+
+def export(out: Path, state: dict, meta: dict, samples: torch.Tensor, grid: int) -> Path:
+    """Write generator.safetensors + .json and samples.png into `out` (replaced whole)."""
+    if out.exists():
+        shutil.rmtree(out)
+    weights = save_checkpoint(out, 0, state, meta)
+    weights = weights.rename(out / "generator.safetensors")
+    weights.with_name("ckpt-000000000.json").rename(out / "generator.json")
+    save_grid(to_uint8(samples * 0.5 + 0.5), out / "samples.png", ncols=grid, scale=2)
+    return weights
+
+
+def w_statistics(gen, n: int, seed: int, device) -> dict:
+    z = torch.randn(n, gen.z_dim, generator=torch.Generator().manual_seed(seed + 2)).to(device)
+    w = gen.mapping(z)
+    return {"mean_abs_rho": round(float(mean_abs_rho(w)), 5),
+            "mean_abs_rho_space": f"W = F(z) of the exported generator, {n} samples, |Pearson rho| over pairs"}
+
+
+def run_linear(params: Params, faces: Path, out: Path) -> dict:
+    """The ground-truth generator: factor statistics of faces.zarr, seeded directions."""
+    group = open_store(faces)
+    if "factors" not in group:
+        raise ValueError("gan.kind=linear needs ground-truth factors: set data.source=synthetic")
+    factors = torch.from_numpy(group["factors"][:])
+    gan = params.gan
+    net = LinearFaceGenerator(gan.w_dim, factors.mean(0), factors.std(0), gan.resolution,
+                              seed=gan.seed, asymmetry=params.data.asymmetry)
+    meta = {"kind": "linear", "config": {"w_dim": gan.w_dim, "resolution": gan.resolution,
+                                         "asymmetry": params.data.asymmetry},
+            "params_hash": params.section_hash("gan"), "faces_params_hash": group.attrs["params_hash"],
+            "factor_names": group["factors"].attrs["columns"], "kimg": 0}
+    with torch.no_grad():
+        samples = net(grid_latents(params, gan.w_dim, "cpu"))
+    weights = export(out, net.state_dict(), meta, samples, gan.grid)
+    return {"kind": "linear", "kimg": 0, **w_statistics(load_generator(weights), params.gan.metric_samples,
+                                                         gan.seed, "cpu")}
+
+
+def initial_state(params: Params, G, D, faces_hash: str) -> None:
+    """`gan.init` = a checkpoint path: start G, G_ema and D from its weights."""
+    init = params.gan.init
+    if init == "scratch":
+        return
+    state, meta = load_checkpoint(Path(init))
+    if meta.get("faces_params_hash") not in (None, faces_hash):
+        log.warning("gan.init %s was trained on faces data with params hash %s; today's data has %s",
+                    init, meta.get("faces_params_hash"), faces_hash)
+    G.load_state_dict({k: v.float() for k, v in state["G_ema"].items()})
+    D.load_state_dict({k: v.float() for k, v in state["D"].items()})
+    log.info("initialised from %s (%s kimg)", init, meta.get("kimg"))
+
+
+def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path) -> dict:
+    gan, device = params.gan, select_device(params.device)
+    reals, faces_attrs = load_images(faces, gan.resolution)
+    run_hash = params.section_hash("gan") + "-" + faces_attrs["params_hash"]
+    config = stylegan_config(gan)
+    G, D = build_stylegan(config)
+    initial_state(params, G, D, faces_attrs["params_hash"])
+    G, D = G.to(device), D.to(device)
+    trainer = GANTrainer(G, D, batch_size=gan.batch_size, lr=gan.lr, r1_gamma=gan.r1_gamma,
+                         r1_interval=gan.r1_interval, pl_weight=gan.pl_weight,
+                         pl_interval=gan.pl_interval, style_mixing_prob=gan.style_mixing_prob,
+                         ema_kimg=gan.ema_kimg, decorr_weight=gan.decorr_weight,
+                         decorr_batch_size=gan.decorr_batch_size or None, seed=gan.seed)
+    sampler = torch.Generator().manual_seed(gan.seed)
+    ckpt_dir, curves = run_dir / "checkpoints", run_dir / "curves.csv"
+    shown = 0  # real images shown in this run
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None and load_checkpoint(latest)[1].get("run_hash") == run_hash:
+        state, meta = load_checkpoint(latest, device)
+        trainer.load_state_dict(state["trainer"])
+        sampler.set_state(state["sampler"])
+        shown = int(meta["shown"])
+        log.info("resuming from %s (%.1f kimg of %.1f)", latest.name, shown / 1000, gan.kimg)
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # another run's state: start clean
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = _read_curves(curves, max_kimg=shown / 1000)
+    z_grid = grid_latents(params, gan.z_dim, device)
+    meta_base = {"kind": "stylegan2", "config": config, "params_hash": params.section_hash("gan"),
+                 "run_hash": run_hash, "faces_params_hash": faces_attrs["params_hash"],
+                 "init": gan.init, "device": str(device), "torch": torch.__version__}
+
+    def snapshot() -> None:
+        state = {"trainer": trainer.state_dict(), "sampler": sampler.get_state()}
+        save_checkpoint(ckpt_dir, trainer.step_count, state, {**meta_base, "shown": shown,
+                                                              "kimg": shown / 1000})
+        for old in sorted(ckpt_dir.glob("ckpt-*.safetensors"))[:-gan.keep_checkpoints]:
+            old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
+        with torch.no_grad():
+            samples = trainer.G_ema.synthesis(trainer.G_ema.mapping(z_grid, broadcast=False,
+                                                                    update_w_avg=False), noise_mode="const")
+        save_grid(to_uint8(samples * 0.5 + 0.5), run_dir / "samples" / f"kimg-{shown / 1000:07.1f}.png",
+                  ncols=gan.grid, scale=2)
+        _write_curves(curves, rows)
+
+    total, next_snap, t0, n0 = int(gan.kimg * 1000), 0.0, time.perf_counter(), shown
+    next_snap = (math.floor(shown / 1000 / gan.snapshot_kimg) + 1) * gan.snapshot_kimg
+    last: dict[str, float] = {}  # newest value of every stat (lazy regularizers report rarely)
+    with tqdm(total=total, initial=shown, desc="train_gan", unit="img", unit_scale=True) as bar:
+        while shown < total:
+            idx = torch.randint(0, len(reals), (gan.batch_size,), generator=sampler)
+            try:
+                stats = trainer.step(to_unit(reals[idx]).to(device))
+            except FloatingPointError as err:
+                kept = latest_checkpoint(ckpt_dir)
+                raise SystemExit(f"train_gan: training diverged at {shown / 1000:.2f} kimg ({err}); "
+                                 f"the last good checkpoint is kept: {kept}") from None
+            shown += gan.batch_size
+            last.update(stats)
+            bar.update(gan.batch_size)
+            if trainer.step_count % gan.log_every == 0:
+                speed = (shown - n0) / (time.perf_counter() - t0)
+                row = {"kimg": round(shown / 1000, 3), "img_per_s": round(speed, 2),
+                       **{k: round(float(last.get(k, float("nan"))), 5) for k in CURVE_KEYS[1:-1]}}
+                rows.append(row)
+                bar.set_postfix(G=row["loss_G"], D=row["loss_D"], rho=row["mean_abs_rho"])
+            if shown / 1000 >= next_snap or shown >= total:
+                snapshot()
+                next_snap += gan.snapshot_kimg
+    if not latest_checkpoint(ckpt_dir):
+        snapshot()  # kimg = 0: still export something loadable
+    G_ema, D = trainer.G_ema, trainer.D
+    export_state = {"G_ema": {k: v.half() for k, v in G_ema.state_dict().items()},
+                    "D": {k: v.half() for k, v in D.state_dict().items()}}
+    with torch.no_grad():
+        samples = G_ema.synthesis(G_ema.mapping(z_grid, broadcast=False, update_w_avg=False),
+                                  noise_mode="const")
+    weights = export(out, export_state, {**meta_base, "kimg": trainer.nimg / 1000, "shown": shown},
+                     samples, gan.grid)
+    gen = load_generator(weights, device)
+    speed = (shown - n0) / max(time.perf_counter() - t0, 1e-9)
+    return {"kind": "stylegan2", "kimg": round(trainer.nimg / 1000, 3), "img_per_s": round(speed, 2),
+            **w_statistics(gen, gan.metric_samples, gan.seed, device)}
+
+
+def _read_curves(path: Path, max_kimg: float) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        return [r for r in csv.DictReader(fh) if float(r["kimg"]) <= max_kimg + 1e-9]
+
+
+def _write_curves(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CURVE_KEYS))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def run(params: Params, faces: Path, out: Path, run_dir: Path, metrics: Path) -> dict:
+    torch.manual_seed(params.gan.seed)
+    start = time.perf_counter()
+    if params.gan.kind == "linear":
+        run_dir.mkdir(parents=True, exist_ok=True)  # nothing to resume; DVC expects the folder
+        result = run_linear(params, faces, out)
+    else:
+        result = run_stylegan(params, faces, out, run_dir)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(metrics, result)
+    return result
+
+
+def main() -> None:
+    args, params = stage_args(__doc__.splitlines()[0], ["faces", "out", "run", "metrics"])
+    print(run(params, Path(args.faces), Path(args.out), Path(args.run), Path(args.metrics)))
+
+
+if __name__ == "__main__":
+    main()

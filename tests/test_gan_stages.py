@@ -1,0 +1,127 @@
+"""Stages train_gan and sample_latents on tiny params: resume, NaN guard, linear truth, shards."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from models.gan_training import GANTrainer
+from pipeline.artifacts import open_store
+from pipeline.checkpoints import latest_checkpoint, load_checkpoint
+from pipeline.generators import load_generator
+from pipeline.params import parse_params
+from stages import faces, sample_latents, train_gan
+
+
+def tiny(repo_root, **gan):
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+    raw["device"] = "cpu"
+    raw["data"].update(n_images=64, resolution=32, n_eval=4, chunk=32, batch_size=32)
+    raw["gan"].update(kimg=0.064, snapshot_kimg=0.032, batch_size=8, decorr_batch_size=64, log_every=1,
+                      channel_base=128, channel_max=16, mapping_layers=2, z_dim=16, w_dim=16, grid=2,
+                      metric_samples=64, resolution=16)
+    raw["gan"].update(gan)
+    raw["latents"].update(n=40, chunk=16, batch_size=8)
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def faces_store(tmp_path_factory, repo_root=None):
+    from tests.conftest import REPO
+    d = tmp_path_factory.mktemp("faces")
+    faces.run(tiny(REPO), d / "faces.zarr", d / "r.csv", d / "m.json")
+    return d / "faces.zarr"
+
+
+def _weights(out):
+    state, _ = load_checkpoint(out / "generator.safetensors")
+    return state["G_ema"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(repo_root, faces_store, tmp_path, monkeypatch):
+    params = tiny(repo_root)
+    train_gan.run(params, faces_store, tmp_path / "a", tmp_path / "a_run", tmp_path / "a.json")
+
+    real_step, calls = GANTrainer.step, {"n": 0}
+
+    def crashing_step(self, real):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after the first snapshot (4 steps of 8 = 0.032 kimg)
+            raise KeyboardInterrupt
+        return real_step(self, real)
+
+    monkeypatch.setattr(GANTrainer, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_gan.run(params, faces_store, tmp_path / "b", tmp_path / "b_run", tmp_path / "b.json")
+    assert load_checkpoint(latest_checkpoint(tmp_path / "b_run" / "checkpoints"))[1]["shown"] == 32
+    monkeypatch.setattr(GANTrainer, "step", real_step)
+    result = train_gan.run(params, faces_store, tmp_path / "b", tmp_path / "b_run", tmp_path / "b.json")
+    assert result["kimg"] == pytest.approx(0.064)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    curves = (tmp_path / "b_run" / "curves.csv").read_text().splitlines()
+    assert len(curves) == 1 + 8  # header + one row per step, none duplicated by the resume
+    assert len(list((tmp_path / "b_run" / "samples").glob("*.png"))) == 2
+
+
+def test_changed_params_do_not_resume_stale_checkpoints(repo_root, faces_store, tmp_path):
+    train_gan.run(tiny(repo_root), faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
+    res = train_gan.run(tiny(repo_root, lr=0.001), faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
+    meta = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))[1]
+    assert meta["params_hash"] == tiny(repo_root, lr=0.001).section_hash("gan") and res["kimg"] == pytest.approx(0.064)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(repo_root, faces_store, tmp_path, monkeypatch):
+    real_step, calls = GANTrainer.step, {"n": 0}
+
+    def exploding(self, real):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise FloatingPointError("non-finite G adversarial loss")
+        return real_step(self, real)
+
+    monkeypatch.setattr(GANTrainer, "step", exploding)
+    with pytest.raises(SystemExit, match="diverged at 0.04 kimg.*last good checkpoint is kept: .*ckpt-"):
+        train_gan.run(tiny(repo_root), faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints") is not None
+
+
+def test_linear_generator_encodes_its_true_directions(repo_root, faces_store, tmp_path):
+    params = tiny(repo_root, kind="linear", w_dim=32)
+    train_gan.run(params, faces_store, tmp_path / "lin", tmp_path / "run", tmp_path / "m.json")
+    gen = load_generator(tmp_path / "lin" / "generator.safetensors")
+    w = gen.mapping(torch.randn(256, 32, generator=torch.Generator().manual_seed(0)))
+    f = gen.net.factors(w)
+    # least squares of each factor on w recovers exactly its direction
+    coef = torch.linalg.lstsq(torch.cat([w, torch.ones(256, 1)], 1), f).solution[:-1]  # [d, F]
+    cos = torch.nn.functional.cosine_similarity(coef.T, gen.net.directions, dim=1)
+    assert cos.min() > 0.999
+    # and the images do move along the yaw direction
+    yaw = gen.net.directions[list(open_store(faces_store)["factors"].attrs["columns"]).index("yaw")]
+    a, b = gen.synthesis(w[:2] - 2 * yaw), gen.synthesis(w[:2] + 2 * yaw)
+    assert (a - b).abs().mean() > 0.02
+
+
+def test_sharded_sampling_equals_single_process(repo_root, faces_store, tmp_path):
+    params = tiny(repo_root)
+    train_gan.run(params, faces_store, tmp_path / "g", tmp_path / "run", tmp_path / "m.json")
+    gen = tmp_path / "g" / "generator.safetensors"
+    sample_latents.run(params, gen, tmp_path / "one.zarr")
+    sample_latents.run(params, gen, tmp_path / "sh.zarr", prepare=True)
+    with pytest.raises(Exception, match="incomplete"):
+        open_store(tmp_path / "sh.zarr")
+    sample_latents.run(params, gen, tmp_path / "sh.zarr", shard=(1, 2))
+    with pytest.raises(RuntimeError, match=r"chunks \[0, 2\] were not written"):
+        sample_latents.run(params, gen, tmp_path / "sh.zarr", finalize=True)
+    sample_latents.run(params, gen, tmp_path / "sh.zarr", shard=(0, 2))
+    sample_latents.run(params, gen, tmp_path / "sh.zarr", finalize=True)
+    one, sh = open_store(tmp_path / "one.zarr"), open_store(tmp_path / "sh.zarr")
+    for name in ("z", "w", "images"):
+        np.testing.assert_array_equal(one[name][:], sh[name][:])
+    assert one["images"].shape == (40, 3, 16, 16) and one["images"][:].std() > 1
+    # w really is F(z) of the exported generator
+    g = load_generator(gen)
+    torch.testing.assert_close(g.mapping(torch.from_numpy(one["z"][:5])), torch.from_numpy(one["w"][:5]))
