@@ -17,7 +17,7 @@ random pitch in +-10, roll in +-5 degrees and translations up to 0.03), with
 Baseline, timed in the same run on a smaller batch (``--baseline-batch``) and
 scaled linearly to the full batch: a dense fixed-step ray march (every output
 ray sampled at ``size`` uniform steps of canonical inverse depth across the
-image's depth slab, about 1 canonical pixel per step at yaw 60, through
+image's depth slab, at most about 1 canonical pixel per step at yaw 60, through
 ``grid_sample``; first sign change, then a secant interpolation, differentiable
 through the two samples). ENVIRONMENT.md quotes a naive vectorized z-buffer
 rasterizer at 2-5 s forward and 4-10 s backward for the same 128 x 64x64.
@@ -148,7 +148,8 @@ def main(argv=None):
             with torch.no_grad():
                 bimg, bmask = dense_march_render(*small)
             both = (bmask * mask[: args.baseline_batch]).bool().expand_as(bimg)
-            base["mean_abs_diff_vs_renderer"][str(yaw)] = round(float((bimg - img[: args.baseline_batch])[both].abs().mean()), 5)
+            mad = (bimg - img[: args.baseline_batch])[both].abs().mean()
+            base["mean_abs_diff_vs_renderer"][str(yaw)] = round(float(mad), 5)
     load1 = os.getloadavg()[0]
 
     print(f"renderer: batch {args.batch}, {args.size}x{args.size}, {args.threads} threads, "
@@ -170,15 +171,21 @@ def main(argv=None):
     target = 0.25
     worst = max(res["fwd_bwd_s"].values())
     print(f"target fwd+bwd < {target} s at every yaw: {'met' if worst < target else 'NOT met'} (worst {worst:.3f} s)")
+    busy = max(load0, load1) > (os.cpu_count() or 2) + 1
+    if busy:
+        print("warning: other processes were using the CPUs (load average above the core count); with "
+              "2 threads each op then waits for a descheduled thread, so these figures can be several "
+              "times too slow: repeat on a quiet machine, or compare --threads 1")
 
     if args.json:
         summary = dict(res, batch=args.batch, size=args.size, threads=args.threads, repeats=args.repeats,
-                       target_fwd_bwd_s=target, load_avg=[round(load0, 2), round(load1, 2)],
+                       target_fwd_bwd_s=target, load_avg=[round(load0, 2), round(load1, 2)], busy=busy,
                        torch=torch.__version__, machine=platform.machine())
         if args.baseline_batch:
             summary["baseline"] = dict(base, name=f"dense fixed-step ray march, {args.size} steps",
                                        timed_batch=args.baseline_batch, scaled_to_batch=args.batch)
-            summary["speedup_fwd_bwd"] = {y: round(base["fwd_bwd_s"][y] / res["fwd_bwd_s"][y], 1) for y in base["fwd_bwd_s"]}
+            summary["speedup_fwd_bwd"] = {y: round(base["fwd_bwd_s"][y] / res["fwd_bwd_s"][y], 1)
+                                          for y in base["fwd_bwd_s"]}
         print(json.dumps(summary))
 
 

@@ -30,6 +30,7 @@ G(w_s) to the batch, w_s = Eq. 4 of batch latents with s ~ U[-10, 10].
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable, NamedTuple
 
@@ -94,12 +95,16 @@ def reconstruction_losses(decomposer: Decomposer, images: torch.Tensor, *, swap_
     """Loss of one batch images [B, 3, r, r] in [-1, 1] (see module doc).
 
     ``partner`` [B] (a derangement) is required when swap_prob > 0.
+    Raises FloatingPointError when a decomposition output is not finite.
     Returns (total, parts, decomposition, reconstructions); parts: "recon",
     "recon_flip", ("perceptual", "perceptual_flip",) ("mutual",) "total".
     """
     if swap_prob > 0 and partner is None:
         raise ValueError("swap_prob > 0 needs a partner permutation")
     dec = decomposer(images)
+    for name, value in dec._asdict().items():  # the renderer cannot take NaN depth or views
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(f"non-finite decomposition output '{name}'")
     rec = render_reconstructions(dec, partner if swap_prob > 0 else None, fov_deg)
     mask = erode(rec.mask * rec.flip_mask, erode_px).detach()
     parts = {"recon": photometric_nll(rec.recon, images, dec.conf, mask),
@@ -219,8 +224,9 @@ class ReconTrainer:
     appends round(yaw_fraction B) generations G(w_s) of random batch latents
     extrapolated along v_yaw (s ~ U[-yaw_scale, yaw_scale]).
 
-    Non-finite losses or gradients raise ``FloatingPointError`` naming the
-    loss before any weight or optimizer state changes.
+    Non-finite inputs, decomposition outputs, losses or gradients raise
+    ``FloatingPointError`` naming the culprit before any weight, optimizer or
+    yaw-tracker state changes.
     """
 
     def __init__(self, decomposer: Decomposer, *, lr: float = 1e-4, weight_decay: float = 5e-4,
@@ -273,6 +279,8 @@ class ReconTrainer:
     def step(self, images: torch.Tensor, w: torch.Tensor | None = None) -> dict[str, float]:
         """One optimisation step; returns the loss parts (floats) and "n_augmented"."""
         images = resize(images.to(self.device, torch.float32), self.decomposer.resolution)
+        if not torch.isfinite(images).all():
+            raise FloatingPointError(f"non-finite input images at step {self.steps}")
         if w is not None:
             w = w.to(self.device, torch.float32)
         batch = self._augment(images, w)
@@ -298,9 +306,12 @@ class ReconTrainer:
         return out
 
     def state_dict(self) -> dict:
-        """Weights, optimizer, yaw tracker, step counter and RNG state (tensors and numbers only)."""
-        return {"decomposer": self.decomposer.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "yaw": self.yaw.state_dict(), "steps": self.steps, "rng": self.generator.get_state()}
+        """A snapshot (copied, not aliased) of weights, optimizer, yaw tracker, step counter and RNG state.
+
+        Tensors, numbers and nested dicts / lists only (``torch.load(weights_only=True)`` reads it).
+        """
+        return copy.deepcopy({"decomposer": self.decomposer.state_dict(), "optimizer": self.optimizer.state_dict(),
+                              "yaw": self.yaw.state_dict(), "steps": self.steps, "rng": self.generator.get_state()})
 
     def load_state_dict(self, state: dict) -> None:
         self.decomposer.load_state_dict(state["decomposer"])

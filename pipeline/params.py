@@ -67,6 +67,8 @@ class GanParams(Section):
     grid: int = Field(6, ge=1, le=16)            # sample grid side (fixed seeds)
     seed: int = Field(0, ge=0)
     metric_samples: int = Field(2048, ge=64)     # samples for mean |rho| of W
+    fid_samples: int = Field(500, ge=0)          # real and generated images for FID; 0 = skip
+    ppl_samples: int = Field(100, ge=0)          # W path pairs for PPL; 0 = skip
 
 
 class LatentsParams(Section):

@@ -8,6 +8,8 @@ A checkpoint is reused only if it was made with the same gan params and the same
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
 import shutil
@@ -21,7 +23,9 @@ from models.decorrelation import mean_abs_rho
 from models.gan_training import GANTrainer
 from models.linear_generator import LinearFaceGenerator
 from pipeline.artifacts import open_store, write_json
-from pipeline.datasets import load_images, to_unit
+from models.gan_metrics import feature_statistics, frechet_distance, path_length, ppl_summary
+from pipeline.datasets import load_images, resize_uint8, to_unit
+from pipeline.inception import FEATURE_SPACE, inception_features
 from pipeline.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.device import select_device
 from pipeline.generators import build_stylegan, load_generator, stylegan_config
@@ -30,8 +34,18 @@ from pipeline.params import Params
 from pipeline.stage import stage_args
 
 log = logging.getLogger("stages.train_gan")
+# gan params that do not change the training trajectory: a run extended by a larger `kimg`
+# (or with other snapshot/logging settings) resumes from its checkpoints
+NOT_TRAJECTORY = {"kimg", "snapshot_kimg", "log_every", "keep_checkpoints", "grid", "metric_samples",
+                  "fid_samples", "ppl_samples"}
 CURVE_KEYS = ("kimg", "loss_G", "loss_D", "loss_D_real", "loss_D_fake", "decorr", "mean_abs_rho",
               "r1_penalty", "pl_penalty", "img_per_s")
+
+
+def trajectory_hash(params: Params) -> str:
+    """Hash of the gan params that shape training (all but NOT_TRAJECTORY)."""
+    trajectory = {k: v for k, v in params.gan.model_dump().items() if k not in NOT_TRAJECTORY}
+    return hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def grid_latents(params: Params, z_dim: int, device) -> torch.Tensor:
@@ -58,6 +72,36 @@ def w_statistics(gen, n: int, seed: int, device) -> dict:
             "mean_abs_rho_space": f"W = F(z) of the exported generator, {n} samples, |Pearson rho| over pairs"}
 
 
+def quality_metrics(gen, reals: torch.Tensor, params: Params, device) -> dict:
+    """FID and PPL (Table 1) in the Inception-v3 feature space; see pipeline.inception."""
+    gan, out = params.gan, {}
+    g = torch.Generator().manual_seed(gan.seed + 3)
+    if gan.fid_samples:
+        n = min(gan.fid_samples, len(reals))
+        real = to_unit(reals[torch.randperm(len(reals), generator=g)[:n]])
+        z = torch.randn(n, gen.z_dim, generator=g).to(device)
+        fake = torch.cat([gen.synthesis(gen.mapping(z[b:b + 64])).cpu() for b in range(0, n, 64)])
+        stats = [feature_statistics(inception_features(x, device)) for x in (real, fake)]
+        out.update(fid=round(frechet_distance(*stats[0], *stats[1]), 3), fid_samples=n,
+                   fid_space=f"{FEATURE_SPACE}; {n} reals vs {n} generations at {gen.resolution} px "
+                             "(small-sample FID: biased upward, compare only at equal n)")
+    else:
+        out.update(fid=None, fid_space="skipped (gan.fid_samples = 0)")
+    if gan.ppl_samples:
+        def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            fa, fb = inception_features(a, device), inception_features(b, device)
+            return torch.from_numpy(((fa - fb) ** 2).sum(1))
+
+        z = torch.randn(2 * gan.ppl_samples, gen.z_dim, generator=g).to(device)
+        lengths = path_length(gen.mapping, gen.synthesis, distance, z, generator=g)
+        out.update(ppl=round(ppl_summary(lengths), 3),
+                   ppl_space=f"W, end sampling, eps 1e-4, {gan.ppl_samples} pairs, squared L2 of "
+                             f"{FEATURE_SPACE} (no LPIPS offline)")
+    else:
+        out.update(ppl=None, ppl_space="skipped (gan.ppl_samples = 0)")
+    return out
+
+
 def run_linear(params: Params, faces: Path, out: Path) -> dict:
     """The ground-truth generator: factor statistics of faces.zarr, seeded directions."""
     group = open_store(faces)
@@ -74,8 +118,10 @@ def run_linear(params: Params, faces: Path, out: Path) -> dict:
     with torch.no_grad():
         samples = net(grid_latents(params, gan.w_dim, "cpu"))
     weights = export(out, net.state_dict(), meta, samples, gan.grid)
-    return {"kind": "linear", "kimg": 0, **w_statistics(load_generator(weights), params.gan.metric_samples,
-                                                         gan.seed, "cpu")}
+    gen = load_generator(weights)
+    reals = torch.from_numpy(group["images"][: gan.fid_samples])
+    return {"kind": "linear", "kimg": 0, **w_statistics(gen, gan.metric_samples, gan.seed, "cpu"),
+            **quality_metrics(gen, resize_uint8(reals, gan.resolution), params, "cpu")}
 
 
 def initial_state(params: Params, G, D, faces_hash: str) -> None:
@@ -95,7 +141,7 @@ def initial_state(params: Params, G, D, faces_hash: str) -> None:
 def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path) -> dict:
     gan, device = params.gan, select_device(params.device)
     reals, faces_attrs = load_images(faces, gan.resolution)
-    run_hash = params.section_hash("gan") + "-" + faces_attrs["params_hash"]
+    run_hash = trajectory_hash(params) + "-" + faces_attrs["params_hash"]
     config = stylegan_config(gan)
     G, D = build_stylegan(config)
     initial_state(params, G, D, faces_attrs["params_hash"])
@@ -175,7 +221,8 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path) -> dict:
     gen = load_generator(weights, device)
     speed = (shown - n0) / max(time.perf_counter() - t0, 1e-9)
     return {"kind": "stylegan2", "kimg": round(trainer.nimg / 1000, 3), "img_per_s": round(speed, 2),
-            **w_statistics(gen, gan.metric_samples, gan.seed, device)}
+            **w_statistics(gen, gan.metric_samples, gan.seed, device),
+            **quality_metrics(gen, reals, params, device)}
 
 
 def _read_curves(path: Path, max_kimg: float) -> list[dict]:

