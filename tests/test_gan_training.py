@@ -11,13 +11,6 @@ from models.gan_training import GANTrainer
 from models.stylegan2 import Discriminator, Generator
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 # ----------------------------------------------------------- decorrelation
 

@@ -9,14 +9,6 @@ from models import linear_semantics as ls
 from models import recon_metrics as rm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: deterministic, and robust when the 2 cores are shared (2 threads then crawl)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def planted(n, d, k=1, noise=0.1, seed=0):
     """w [n, d] ~ N(0, I), y = w V_true + noise, V_true [d, k] with unit columns scaled by 5."""

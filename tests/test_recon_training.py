@@ -16,14 +16,6 @@ from models.renderer import render
 TINY = dict(nf_map=8, zdim_map=16, nf_encoder=4, nf_conf=4, zdim_conf=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: deterministic, and robust when the 2 cores are shared (2 threads then crawl)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def face_maps(n, size=32, asymmetry=1.0, seed=0):
     f = faces.sample_factors(n, torch.Generator().manual_seed(seed))

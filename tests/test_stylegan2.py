@@ -24,14 +24,6 @@ from models.stylegan2 import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from threads; one thread avoids contention on shared CPUs.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def tiny_gd(resolution, seed=0):
     torch.manual_seed(seed)
