@@ -93,6 +93,16 @@ class Encoder(nn.Module):
         return self.net(x).flatten(1)
 
 
+def _bottleneck(width: int, zdim: int) -> list[nn.Module]:
+    """4x4 features -> a zdim code (1x1) -> 4x4 features, as Unsup3D's encoder-decoders."""
+    return [
+        nn.Conv2d(width, zdim, 4, 1, 0, bias=False),  # 4x4 -> 1x1
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose2d(zdim, width, 4, 1, 0, bias=False),  # 1x1 -> 4x4
+        nn.ReLU(inplace=True),
+    ]
+
+
 class MapNet(nn.Module):
     """Encoder-decoder: image [B, c_in, r, r] -> raw map [B, c_out, r, r] (no output activation)."""
 
@@ -100,11 +110,7 @@ class MapNet(nn.Module):
         super().__init__()
         widths = _widths(nf, _levels(resolution))
         layers = _down(c_in, widths, norm=True)  # r x r -> 4x4
-        layers += [
-            nn.Conv2d(widths[-1], zdim, 4, 1, 0, bias=False),  # 4x4 -> 1x1
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(zdim, widths[-1], 4, 1, 0, bias=False),  # 1x1 -> 4x4
-            nn.ReLU(inplace=True),
+        layers += _bottleneck(widths[-1], zdim) + [
             nn.Conv2d(widths[-1], widths[-1], 3, 1, 1, bias=False),  # 4x4
             nn.ReLU(inplace=True),
         ]
@@ -137,12 +143,7 @@ class ConfidenceNet(nn.Module):
         super().__init__()
         widths = _widths(nf, _levels(resolution))
         layers = _down(c_in, widths, norm=True)  # r x r -> 4x4
-        layers += [
-            nn.Conv2d(widths[-1], zdim, 4, 1, 0, bias=False),  # 4x4 -> 1x1
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(zdim, widths[-1], 4, 1, 0, bias=False),  # 1x1 -> 4x4
-            nn.ReLU(inplace=True),
-        ]
+        layers += _bottleneck(widths[-1], zdim)
         ups = widths[::-1] + [nf]
         for c_hi, c_lo in zip(ups[:-1], ups[1:]):  # 4x4 -> ... -> r x r
             layers += [nn.ConvTranspose2d(c_hi, c_lo, 4, 2, 1, bias=False),  # s x s -> 2s x 2s
