@@ -19,9 +19,9 @@ from pipeline.env import project_root
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.flow import facesem_flow
+    from pipeline.flow import run_pipeline
 
-    states = facesem_flow(targets=args.target or None, force=args.force)
+    states = run_pipeline(targets=args.target or None, force=args.force)
     width = max(map(len, states), default=0)
     for name, state in states.items():
         print(f"{name:<{width}}  {state}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.dag import load_dag
 from pipeline.env import project_root
@@ -33,6 +34,7 @@ def stage_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TQDM_MININTERVAL", "15")  # progress lines become Prefect log records: keep few
     return env
 
 
@@ -77,6 +79,7 @@ def facesem_flow(targets: list[str] | None = None, force: bool = False) -> dict[
     """Run the pipeline (or `targets` and their upstream) as Prefect tasks.
 
     Returns {stage: final state name} ('Completed' = ran, 'Cached' = up to date).
+    Independent stages run at once, up to the task runner's workers (see `run_pipeline`).
     """
     root = project_root()
     params = load_params(root / "params.yaml")  # fail on bad params before any work
@@ -94,3 +97,10 @@ def facesem_flow(targets: list[str] | None = None, force: bool = False) -> dict[
     if failed:
         raise RuntimeError(f"stages failed or did not run: {failed}")
     return {name: state.name for name, state in states.items()}
+
+
+def run_pipeline(targets: list[str] | None = None, force: bool = False) -> dict[str, str]:
+    """The flow with a thread-pool task runner of `flow.max_parallel` workers."""
+    params = load_params(project_root() / "params.yaml")
+    runner = ThreadPoolTaskRunner(max_workers=params.flow.max_parallel)
+    return facesem_flow.with_options(task_runner=runner)(targets=targets, force=force)

@@ -92,7 +92,8 @@ class OracleParams(Section):
 
 
 class FlowParams(Section):
-    """Orchestration (Prefect): retries of a failed stage."""
+    """Orchestration (Prefect): parallelism and retries of stages."""
+    max_parallel: int = Field(1, ge=1, le=64)    # independent stages run at once (task runner workers)
     retries: int = Field(0, ge=0, le=10)
     retry_delay_s: float = Field(5.0, ge=0.0)
 

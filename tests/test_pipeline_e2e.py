@@ -23,7 +23,8 @@ TINY = {"device": "cpu",
                 "channel_base": 128, "channel_max": 16, "mapping_layers": 2, "z_dim": 16, "w_dim": 16,
                 "resolution": 16, "grid": 2, "metric_samples": 64, "fid_samples": 0, "ppl_samples": 0},
         "latents": {"n": 32, "chunk": 16, "batch_size": 16},
-        "oracle": {"epochs": 1, "batch_size": 16, "width": 4}}
+        "oracle": {"epochs": 1, "batch_size": 16, "width": 4},
+        "flow": {"max_parallel": 2}}  # independent tiny stages run concurrently
 # every stage dvc.yaml declares (TINY must keep them all tiny)
 STAGES = tuple(yaml.safe_load((Path(__file__).resolve().parent.parent / "dvc.yaml").read_text())["stages"])
 
