@@ -517,15 +517,18 @@ def sample_factors(n: int, generator: torch.Generator, pose: str = "frontal",
 
 # --- rendering ------------------------------------------------------------------
 def render_faces(factors: torch.Tensor, size: int, asymmetry: float = 1.0,
-                 background: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 background: float = 0.0, return_maps: bool = False) -> tuple[torch.Tensor, ...]:
     """Render faces [n, F] -> (images [n, 3, size, size] in [0, 1], mask [n, 1, size, size]).
 
     ``background`` fills pixels where no surface is hit (profiles turn the
-    background plane away from the camera).
+    background plane away from the camera). ``return_maps`` also returns the
+    canonical depth [n, size, size] and albedo [n, 3, size, size] (ground truth).
     """
     values = clamp_factors(factors.float())
     depth, albedo = canonical_maps(values, size, asymmetry)
     view = values[:, [FACTOR_INDEX[k] for k in VIEW_NAMES]]
     light = values[:, [FACTOR_INDEX[k] for k in LIGHT_NAMES]]
     image, mask = render(depth, albedo, view, light, background=background)
+    if return_maps:
+        return image.clamp(0.0, 1.0), mask, depth, albedo
     return image.clamp(0.0, 1.0), mask

@@ -18,7 +18,6 @@ import torch
 from tqdm import tqdm
 
 from models import faces as face_model
-from models.renderer import render
 from pipeline.artifacts import write_json, write_store
 from pipeline.device import select_device
 from pipeline.images import Skipped, find_images, load_face_image, to_uint8
@@ -66,9 +65,8 @@ def write_synthetic(params: Params, out: Path) -> dict:
                 block = []
                 for b in range(lo, hi, d.batch_size):
                     f = factors[b:min(b + d.batch_size, hi)].to(device)
-                    depth, albedo = face_model.canonical_maps(f, res, asymmetry=d.asymmetry)
-                    img, _ = render(depth, albedo, f[:, :6], f[:, 6:14])
-                    block.append(to_uint8(img.clamp(0, 1)))
+                    img, _, depth, albedo = face_model.render_faces(f, res, d.asymmetry, return_maps=True)
+                    block.append(to_uint8(img))
                     if b < n_eval:
                         e = min(b + len(f), n_eval)
                         gt_depth[b:e] = depth[: e - b].cpu().numpy()
