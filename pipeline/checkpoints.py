@@ -67,11 +67,13 @@ def unflatten_state(tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> 
     return fix(root, "")
 
 
-def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write `ckpt-<step>.safetensors` + `.json` sidecar in `folder`; returns the weights path."""
+def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], meta: dict[str, Any],
+                    name: str | None = None) -> Path:
+    """Write `<name>.safetensors` + `<name>.json` sidecar in `folder` (default name
+    `ckpt-<step>`, which `latest_checkpoint` finds); returns the weights path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / f"ckpt-{step:09d}.safetensors"
+    weights = folder / f"{name or f'ckpt-{step:09d}'}.safetensors"
     tensors, extra = flatten_state(state)
     tmp = weights.with_name(f".{weights.name}.tmp-{uuid.uuid4().hex[:8]}")
     save_file(tensors, str(tmp))

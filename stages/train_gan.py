@@ -58,9 +58,7 @@ def export(out: Path, state: dict, meta: dict, samples: torch.Tensor, grid: int)
     """Write generator.safetensors + .json and samples.png into `out` (replaced whole)."""
     if out.exists():
         shutil.rmtree(out)
-    weights = save_checkpoint(out, 0, state, meta)
-    weights = weights.rename(out / "generator.safetensors")
-    weights.with_name("ckpt-000000000.json").rename(out / "generator.json")
+    weights = save_checkpoint(out, 0, state, meta, name="generator")
     save_grid(to_uint8(samples * 0.5 + 0.5), out / "samples.png", ncols=grid, scale=2)
     return weights
 

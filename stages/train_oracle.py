@@ -77,9 +77,7 @@ def run(params: Params, faces: Path, out: Path, metrics: Path) -> dict:
     flagged = [n for n, v in oracle_r2.items() if v < params.oracle.r2_threshold]
     meta = {"factor_names": names, "resolution": params.gan.resolution, "width": params.oracle.width,
             "faces_params_hash": attrs["params_hash"], "params_hash": params.section_hash("oracle", "gan")}
-    weights = save_checkpoint(out, 0, model.state_dict(), meta)
-    weights.rename(out / "oracle.safetensors")
-    (out / "ckpt-000000000.json").rename(out / "oracle.json")
+    save_checkpoint(out, 0, model.state_dict(), meta, name="oracle")
     result = {"oracle_r2": oracle_r2, "flagged": flagged, "r2_threshold": params.oracle.r2_threshold,
               "resolution": params.gan.resolution, "seconds": round(time.perf_counter() - start, 1)}
     write_json(metrics, result)
