@@ -20,15 +20,15 @@ import torch
 from tqdm import tqdm
 
 from models.decorrelation import mean_abs_rho
+from models.gan_metrics import feature_statistics, frechet_distance, path_length, ppl_summary
 from models.gan_training import GANTrainer
 from models.linear_generator import LinearFaceGenerator
 from pipeline.artifacts import open_store, write_json
-from models.gan_metrics import feature_statistics, frechet_distance, path_length, ppl_summary
-from pipeline.datasets import load_images, resize_uint8, to_unit
-from pipeline.inception import FEATURE_SPACE, inception_features
 from pipeline.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.datasets import load_images, resize_uint8, to_unit
 from pipeline.device import select_device
 from pipeline.generators import build_stylegan, load_generator, stylegan_config
+from pipeline.inception import FEATURE_SPACE, inception_features
 from pipeline.images import save_grid, to_uint8
 from pipeline.params import Params
 from pipeline.stage import stage_args
