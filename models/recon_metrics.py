@@ -12,13 +12,15 @@ Unsup3D compares depth in the input view (the warped predicted depth against
 the ground-truth depth of the image), with a mask eroded by one pixel
 (``erode``); the functions here take whichever maps the caller passes.
 All metrics are per image ([B]); average over images as Unsup3D does.
+``ground_truth_errors`` runs a decomposer on images with known maps and
+returns all of them.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from models.renderer import depth_to_normals
+from models.renderer import depth_to_normals, light_direction, raycast, warp
 
 
 def erode(mask: torch.Tensor, px: int = 1) -> torch.Tensor:
@@ -68,3 +70,36 @@ def angle_errors(pred_view: torch.Tensor, true_view: torch.Tensor) -> torch.Tens
     """|pitch|, |yaw|, |roll| errors [B, 3] in degrees (wrapped to [0, 180]) of views [B, 6] (VIEW_NAMES)."""
     d = pred_view[:, :3] - true_view[:, :3]
     return torch.remainder(d + 180.0, 360.0).sub(180.0).abs()
+
+
+def light_angle_error(pred_light: torch.Tensor, true_light: torch.Tensor) -> torch.Tensor:
+    """Angle (degrees) [B] between the light directions of lights [B, 8] (LIGHT_NAMES)."""
+    a, b = light_direction(pred_light), light_direction(true_light)
+    return torch.rad2deg(torch.atan2(torch.linalg.cross(a, b, dim=1).norm(dim=1), (a * b).sum(1)))
+
+
+@torch.no_grad()
+def ground_truth_errors(decomposer, images: torch.Tensor, depth: torch.Tensor, view: torch.Tensor,
+                        light: torch.Tensor, region: torch.Tensor, fov_deg: float = 10.0,
+                        erode_px: int = 1) -> dict[str, torch.Tensor]:
+    """Errors of ``decomposer`` on images [B, 3, r, r] in [-1, 1] with known canonical depth
+    [B, r, r], view [B, 6] and light [B, 8]; ``region`` [r, r] is the canonical region scored
+    (the face). Returns per-image tensors [B]:
+
+    side, mad_deg (in the input view, as Unsup3D: the predicted canonical depth seen from
+    the predicted view against the true depth seen from the true view, over the true
+    face region that both surfaces cover, eroded by ``erode_px``); pitch/yaw/roll_err_deg;
+    pred_yaw_deg; light_err_deg (direction); depth_px (pixels scored).
+    """
+    dec = decomposer(images)
+    pred, true = raycast(dec.depth, dec.view, fov_deg), raycast(depth, view, fov_deg)
+    canon_region = region.to(depth)[None, None].expand(len(depth), 1, -1, -1)
+    seen = warp(canon_region, depth, view, fov_deg)[0][:, 0] > 0.5
+    mask = erode((pred.mask & true.mask & seen).float(), erode_px)
+    pred_d, true_d = pred.view_depth.clamp_min(1e-3), true.view_depth.clamp_min(1e-3)
+    ang = angle_errors(dec.view, view)
+    return {"side": scale_invariant_depth_error(pred_d, true_d, mask),
+            "mad_deg": mean_angle_deviation(pred_d, true_d, mask, fov_deg),
+            "pitch_err_deg": ang[:, 0], "yaw_err_deg": ang[:, 1], "roll_err_deg": ang[:, 2],
+            "pred_yaw_deg": dec.view[:, 1], "light_err_deg": light_angle_error(dec.light, light),
+            "depth_px": mask.sum((1, 2))}

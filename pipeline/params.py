@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Section(BaseModel):
@@ -91,6 +91,46 @@ class OracleParams(Section):
     seed: int = Field(0, ge=0)
 
 
+class ReconParams(Section):
+    """Stages `train_recon` and `decompose`: the Unsup3D-style 3D decomposition (paper Sec. 3.2, 3.4)."""
+    train_on: Literal["generator", "faces"] = "generator"  # GAN generations (with their w) | faces.zarr
+    resolution: int = Field(32, ge=16, le=256)   # decomposer input side (power of 2)
+    nf_map: int = Field(16, ge=4)                # depth / albedo encoder-decoder width (Unsup3D: 64)
+    zdim_map: int = Field(64, ge=4)              # (Unsup3D: 256)
+    nf_encoder: int = Field(8, ge=2)             # view / light encoders (Unsup3D: 32)
+    nf_conf: int = Field(8, ge=2)                # confidence nets (Unsup3D: 64)
+    zdim_conf: int = Field(32, ge=4)             # (Unsup3D: 128)
+    depth_prior: float = Field(0.5, ge=0)        # convex start against the hollow-face solution; 0 = Unsup3D
+    steps: int = Field(2000, ge=0)               # optimisation steps in this run
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    flip_weight: float = Field(0.5, ge=0)        # weight of the flipped (symmetric) reconstruction
+    swap_prob: float = Field(0.1, ge=0, le=1)    # mutual reconstruction (paper: 0.1 FFHQ-like, 0.5 CASIA-like)
+    yaw_augment: bool = True                     # Sec. 3.4 (train_on generator only)
+    yaw_every: int = Field(10, ge=1)             # steps between v_yaw regressions
+    yaw_momentum: float = Field(0.995, ge=0, lt=1)
+    yaw_scale: float = Field(10.0, gt=0)         # s ~ U[-scale, scale] in Eq. 4
+    yaw_fraction: float = Field(0.5, gt=0, le=4)  # augmented images per batch image
+    truncation_psi: float = Field(1.0, gt=0, le=1)  # train_on generator: sampling of w
+    snapshot_steps: int = Field(250, ge=1)       # checkpoint + panel period
+    log_every: int = Field(10, ge=1)             # steps between curve rows
+    keep_checkpoints: int = Field(2, ge=1)
+    panel_images: int = Field(8, ge=1, le=64)    # faces in each visual panel
+    eval_pose: Literal["frontal", "wide"] = "wide"  # synthetic ground-truth faces for the metrics
+    n_eval: int = Field(512, ge=8)
+    eval_seed: int = Field(12345, ge=0)
+    eval_batch: int = Field(256, ge=1)           # images per forward pass (evaluation, decompose)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of 2, got {v}")
+        return v
+
+
 class FlowParams(Section):
     """Orchestration (Prefect): parallelism and retries of stages."""
     max_parallel: int = Field(1, ge=1, le=64)    # independent stages run at once (task runner workers)
@@ -105,6 +145,7 @@ class Params(Section):
     gan: GanParams = GanParams()
     latents: LatentsParams = LatentsParams()
     oracle: OracleParams = OracleParams()
+    recon: ReconParams = ReconParams()
     flow: FlowParams = FlowParams()
 
     def section_hash(self, *names: str) -> str:

@@ -118,14 +118,14 @@ def test_sharded_sampling_equals_single_process(repo_root, faces_store, tmp_path
     train_gan.run(params, faces_store, tmp_path / "g", tmp_path / "run", tmp_path / "m.json")
     gen = tmp_path / "g" / "generator.safetensors"
     sample_latents.run(params, gen, tmp_path / "one.zarr")
-    sample_latents.run(params, gen, tmp_path / "sh.zarr", prepare=True)
+    sample_latents.run(params, gen, tmp_path / "sh.zarr", "prepare")
     with pytest.raises(Exception, match="incomplete"):
         open_store(tmp_path / "sh.zarr")
-    sample_latents.run(params, gen, tmp_path / "sh.zarr", shard=(1, 2))
+    sample_latents.run(params, gen, tmp_path / "sh.zarr", (1, 2))
     with pytest.raises(RuntimeError, match=r"chunks \[0, 2\] were not written"):
-        sample_latents.run(params, gen, tmp_path / "sh.zarr", finalize=True)
-    sample_latents.run(params, gen, tmp_path / "sh.zarr", shard=(0, 2))
-    sample_latents.run(params, gen, tmp_path / "sh.zarr", finalize=True)
+        sample_latents.run(params, gen, tmp_path / "sh.zarr", "finalize")
+    sample_latents.run(params, gen, tmp_path / "sh.zarr", (0, 2))
+    sample_latents.run(params, gen, tmp_path / "sh.zarr", "finalize")
     one, sh = open_store(tmp_path / "one.zarr"), open_store(tmp_path / "sh.zarr")
     for name in ("z", "w", "images"):
         np.testing.assert_array_equal(one[name][:], sh[name][:])

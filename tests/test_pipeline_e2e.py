@@ -24,6 +24,9 @@ TINY = {"device": "cpu",
                 "resolution": 16, "grid": 2, "metric_samples": 64, "fid_samples": 0, "ppl_samples": 0},
         "latents": {"n": 32, "chunk": 16, "batch_size": 16},
         "oracle": {"epochs": 1, "batch_size": 16, "width": 4},
+        "recon": {"resolution": 16, "nf_map": 4, "zdim_map": 8, "nf_encoder": 4, "nf_conf": 4, "zdim_conf": 8,
+                  "steps": 4, "batch_size": 4, "snapshot_steps": 2, "n_eval": 8, "eval_batch": 8,
+                  "panel_images": 2},
         "flow": {"max_parallel": 2}}  # independent tiny stages run concurrently
 # every stage dvc.yaml declares (TINY must keep them all tiny)
 STAGES = tuple(yaml.safe_load((Path(__file__).resolve().parent.parent / "dvc.yaml").read_text())["stages"])
@@ -92,6 +95,10 @@ def test_dvc_repro_then_flow_then_param_change(tiny_repo):
     assert (root / "data" / "previews" / "faces.png").stat().st_size > 0
     metrics = json.loads((root / "data" / "metrics" / "faces.json").read_text())
     assert metrics["n_images"] == 48
+    semantics = open_store(root / "data" / "semantics.zarr")
+    assert semantics["semantics"].shape == (32, 14) and semantics["depth"].shape == (32, 1, 16, 16)
+    recon = json.loads((root / "data" / "metrics" / "recon.json").read_text())
+    assert recon["steps"] == 4 and {"side", "mad_deg", "yaw_mae_deg", "yaw_mae_extreme_deg"} <= set(recon)
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(STAGES)
 

@@ -1,0 +1,87 @@
+"""Chunked sample stores that one process or several shards fill (sample_latents, decompose).
+
+A store of n samples is cut into chunks of `chunk` samples along axis 0. A stage supplies
+`fill(k) -> {array: values}` for chunk k, depending only on k and the params, so any split
+into shards reproduces the single-process store exactly. Modes (`add_shard_args`):
+
+* default: one process, written under a temporary name and renamed when complete;
+* `--prepare`: create the store at its final path, marked incomplete, with a `written`
+  flag per chunk;
+* `--shard i/n`: fill chunks i, i+n, i+2n, ... of a prepared store (any process, any host
+  that sees the path);
+* `--finalize`: check that every chunk is written, then mark the store complete.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from pipeline.artifacts import create_store, mark_complete, write_store
+
+Mode = None | str | tuple[int, int]  # None (single process) | "prepare" | "finalize" | (i, n)
+
+
+def n_chunks(n: int, chunk: int) -> int:
+    return -(-n // chunk)
+
+
+def run_chunked(out: Path, stage: str, section: dict[str, Any], params_hash: str, attrs: dict[str, Any],
+                layout: Callable[[zarr.Group], None], fill: Callable[[int], dict[str, np.ndarray]],
+                n: int, chunk: int, mode: Mode = None) -> None:
+    """Write (part of) a chunked store; `layout(group)` creates its arrays, `fill(k)` makes chunk k."""
+    count = n_chunks(n, chunk)
+
+    def make(group: zarr.Group) -> None:
+        layout(group)
+        group.create_array("written", shape=(count,), dtype="bool", fill_value=False)
+
+    def write(group: zarr.Group, chunks) -> None:
+        for k in tqdm(chunks, desc=stage, unit="chunk"):
+            for name, values in fill(k).items():
+                group[name][k * chunk:k * chunk + len(values)] = values
+            group["written"][k] = True
+
+    if mode is None:
+        with write_store(out, stage, section, params_hash, **attrs) as group:
+            make(group)
+            write(group, range(count))
+    elif mode == "prepare":
+        make(create_store(out, stage, section, params_hash, **attrs))
+    elif mode == "finalize":
+        missing = np.flatnonzero(~zarr.open_group(str(out), mode="r")["written"][:])
+        if missing.size:
+            raise RuntimeError(f"{out}: chunks {missing.tolist()} were not written; run their shards")
+        mark_complete(out)
+    else:
+        i, parts = mode
+        group = zarr.open_group(str(out), mode="r+")
+        if group.attrs.get("params_hash") != params_hash:
+            raise RuntimeError(f"{out} was prepared with params hash {group.attrs.get('params_hash')}, "
+                               f"these params have {params_hash}: run --prepare again")
+        write(group, range(i, count, parts))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be i/n (two integers), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard must be i/n with 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def add_shard_args(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--shard", type=_shard, help="i/n: write chunks i, i+n, ... of a prepared store")
+    mode.add_argument("--prepare", action="store_true", help="create the empty (incomplete) store")
+    mode.add_argument("--finalize", action="store_true", help="check all chunks, mark complete")
+
+
+def shard_mode(args: argparse.Namespace) -> Mode:
+    return "prepare" if args.prepare else "finalize" if args.finalize else args.shard

@@ -1,0 +1,203 @@
+"""Stage `train_recon`: the Unsup3D-style 3D decomposition, on GAN generations or faces.zarr.
+
+`recon.train_on: generator` samples w and G(w) on the fly from `--generator` and, with
+`recon.yaw_augment`, adds generations extrapolated along the current v_yaw estimate (paper
+Sec. 3.4); `faces` trains on the images of `--faces` (no latents, no yaw augmentation).
+Writes `--out` (decomposer.safetensors + sidecar, panel.png, yaw_scatter.png, eval.csv),
+keeps checkpoints, per-snapshot panels and curves.csv in `--run` (persisted by DVC, so an
+interrupted run resumes), and ground-truth metrics on synthetic faces in `--metrics`.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from models.decomposition import SEMANTIC_NAMES, Decomposer, resize
+from models.recon_training import ReconTrainer
+from pipeline.artifacts import open_store, write_json
+from pipeline.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.datasets import load_images, to_unit
+from pipeline.device import select_device
+from pipeline.generators import load_generator
+from pipeline.images import save_grid
+from pipeline.params import Params
+from pipeline.recon import PANEL_COLUMNS, decomposer_config, evaluate, panel, yaw_scatter
+from pipeline.stage import stage_args
+
+log = logging.getLogger("stages.train_recon")
+# recon params that do not change the training trajectory (a longer run resumes)
+NOT_TRAJECTORY = {"steps", "snapshot_steps", "log_every", "keep_checkpoints", "panel_images", "eval_pose",
+                  "n_eval", "eval_seed", "eval_batch"}
+CURVE_KEYS = ("step", "total", "recon", "recon_flip", "mutual", "n_augmented", "yaw_updates", "img_per_s")
+
+
+class Batches:
+    """Training images [B, 3, r, r] in [-1, 1] and their w [B, d] (None for faces.zarr)."""
+
+    def __init__(self, params: Params, generator: Path, faces: Path, device):
+        rc = params.recon
+        self.batch, self.r, self.device = rc.batch_size, rc.resolution, device
+        self.sampler = torch.Generator().manual_seed(rc.seed)
+        self.gen = None
+        if rc.train_on == "generator":
+            self.gen = load_generator(generator, device)
+            self.psi = rc.truncation_psi
+            self.source_id = hashlib.sha256(generator.read_bytes()).hexdigest()[:16]
+            z = torch.randn(rc.panel_images, self.gen.z_dim, generator=torch.Generator().manual_seed(rc.seed + 1))
+            self.panel_images = self._generate(z)[0]
+        else:
+            self.images, attrs = load_images(faces, rc.resolution)
+            self.source_id = attrs["params_hash"]
+            self.panel_images = to_unit(self.images[:rc.panel_images]).to(device)
+
+    @torch.no_grad()
+    def _generate(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.gen.mapping(z.to(self.device), self.psi)
+        return self.synthesize(w), w
+
+    @torch.no_grad()
+    def synthesize(self, w: torch.Tensor) -> torch.Tensor:
+        """G(w) at the decomposer's resolution, in [-1, 1]."""
+        return resize(self.gen.synthesis(w).clamp(-1, 1), self.r)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.gen is not None:
+            return self._generate(torch.randn(self.batch, self.gen.z_dim, generator=self.sampler))
+        idx = torch.randint(len(self.images), (self.batch,), generator=self.sampler)
+        return to_unit(self.images[idx]).to(self.device), None
+
+
+def trajectory_hash(params: Params, source_id: str) -> str:
+    """Hash of the recon params that shape training, and of the training images' source."""
+    keep = {k: v for k, v in params.recon.model_dump().items() if k not in NOT_TRAJECTORY}
+    text = json.dumps({"recon": keep, "source": source_id, "asymmetry": params.data.asymmetry}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
+    rc = params.recon
+    augment = rc.yaw_augment and rc.train_on == "generator"
+    if rc.yaw_augment and not augment:
+        log.info("recon.yaw_augment ignored: it needs generations (recon.train_on=generator)")
+    torch.manual_seed(rc.seed)
+    model = Decomposer(decomposer_config(rc)).to(device)
+    return ReconTrainer(model, lr=rc.lr, weight_decay=rc.weight_decay, flip_weight=rc.flip_weight,
+                        swap_prob=rc.swap_prob, generate=batches.synthesize if augment else None,
+                        yaw_augment=augment, yaw_every=rc.yaw_every, yaw_momentum=rc.yaw_momentum,
+                        yaw_scale=rc.yaw_scale, yaw_fraction=rc.yaw_fraction, seed=rc.seed)
+
+
+def train(params: Params, batches: Batches, run_dir: Path, device) -> tuple[ReconTrainer, dict]:
+    """Train to recon.steps, resuming from run_dir's newest matching checkpoint."""
+    rc = params.recon
+    trainer = build_trainer(params, batches, device)
+    run_hash = trajectory_hash(params, batches.source_id)
+    ckpt_dir, curves = run_dir / "checkpoints", run_dir / "curves.csv"
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None and load_checkpoint(latest)[1].get("run_hash") == run_hash:
+        state, _ = load_checkpoint(latest, device)
+        trainer.load_state_dict(state["trainer"])
+        batches.sampler.set_state(state["sampler"])
+        log.info("resuming from %s (step %d of %d)", latest.name, trainer.steps, rc.steps)
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # another run's state: start clean
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = _read_curves(curves, trainer.steps)
+    meta = {"run_hash": run_hash, "train_on": rc.train_on, "source_id": batches.source_id,
+            "params_hash": params.section_hash("recon")}
+
+    def snapshot() -> None:
+        state = {"trainer": trainer.state_dict(), "sampler": batches.sampler.get_state()}
+        save_checkpoint(ckpt_dir, trainer.steps, state, {**meta, "step": trainer.steps})
+        for old in sorted(ckpt_dir.glob("ckpt-*.safetensors"))[:-rc.keep_checkpoints]:
+            old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
+        save_grid(panel(trainer.decomposer, batches.panel_images), run_dir / "panels" / f"step-{trainer.steps:06d}.png",
+                  ncols=len(PANEL_COLUMNS), scale=3)
+        _write_curves(curves, rows)
+
+    t0, s0, seen = time.perf_counter(), trainer.steps, 0
+    with tqdm(total=rc.steps, initial=trainer.steps, desc="train_recon", unit="step") as bar:
+        while trainer.steps < rc.steps:
+            images, w = batches()
+            try:
+                stats = trainer.step(images, w)
+            except FloatingPointError as err:
+                raise SystemExit(f"train_recon: training diverged at step {trainer.steps} ({err}); "
+                                 f"the last good checkpoint is kept: {latest_checkpoint(ckpt_dir)}") from None
+            seen += len(images) + int(stats["n_augmented"])
+            bar.update()
+            if trainer.steps % rc.log_every == 0:
+                speed = seen / (time.perf_counter() - t0)
+                rows.append({"step": trainer.steps, "yaw_updates": trainer.yaw.updates, "img_per_s": round(speed, 2),
+                             **{k: round(stats.get(k, float("nan")), 5) for k in CURVE_KEYS[1:5]}})
+                bar.set_postfix(loss=f"{stats['total']:.3f}", img_s=f"{speed:.0f}")
+            if trainer.steps % rc.snapshot_steps == 0 or trainer.steps == rc.steps:
+                snapshot()
+    if trainer.steps == s0 and latest_checkpoint(ckpt_dir) is None:
+        snapshot()  # steps = 0: still leave a loadable state
+    speed = seen / max(time.perf_counter() - t0, 1e-9)
+    return trainer, {"steps": trainer.steps, "img_per_s": round(speed, 2) if seen else None, **meta}
+
+
+def _read_curves(path: Path, max_step: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        return [r for r in csv.DictReader(fh) if int(r["step"]) <= max_step]
+
+
+def _write_curves(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CURVE_KEYS))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def export(out: Path, trainer: ReconTrainer, batches: Batches, meta: dict, per_face: dict, title: str) -> None:
+    """decomposer.safetensors + sidecar, panel.png, eval.csv and yaw_scatter.png into `out` (replaced)."""
+    if out.exists():
+        shutil.rmtree(out)
+    save_checkpoint(out, trainer.steps, trainer.decomposer.state_dict(), meta, name="decomposer")
+    save_grid(panel(trainer.decomposer, batches.panel_images), out / "panel.png", ncols=len(PANEL_COLUMNS), scale=3)
+    pd.DataFrame(per_face).round(5).to_csv(out / "eval.csv", index=False)
+    yaw_scatter(per_face["true_yaw_deg"], per_face["pred_yaw_deg"], out / "yaw_scatter.png", title)
+
+
+def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, metrics: Path) -> dict:
+    start, rc = time.perf_counter(), params.recon
+    device = select_device(params.device)
+    if rc.train_on == "faces":
+        open_store(faces)  # a clear error when missing or incomplete
+    batches = Batches(params, generator, faces, device)
+    trainer, info = train(params, batches, run_dir, device)
+    summary, per_face = evaluate(trainer.decomposer, params, device)
+    meta = {**info, "config": decomposer_config(rc).to_dict(), "semantic_names": list(SEMANTIC_NAMES),
+        "device": str(device), "torch": torch.__version__}
+    title = f"train_on={rc.train_on} swap={rc.swap_prob:g} yaw_aug={rc.yaw_augment and rc.train_on == 'generator'}"
+    export(out, trainer, batches, meta, per_face, title)
+    result = {**summary, "steps": info["steps"], "img_per_s": info["img_per_s"], "train_on": rc.train_on,
+              "swap_prob": rc.swap_prob, "yaw_augment": bool(rc.yaw_augment and rc.train_on == "generator"),
+              "yaw_updates": trainer.yaw.updates, "seconds": round(time.perf_counter() - start, 1)}
+    write_json(metrics, result)
+    return result
+
+
+def main() -> None:
+    args, params = stage_args(__doc__.splitlines()[0], ["generator", "faces", "out", "run", "metrics"])
+    print(run(params, Path(args.generator), Path(args.faces), Path(args.out), Path(args.run), Path(args.metrics)))
+
+
+if __name__ == "__main__":
+    main()

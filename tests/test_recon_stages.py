@@ -1,0 +1,213 @@
+"""Stages train_recon and decompose on tiny params; the ground-truth evaluation of a decomposer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from models import faces as face_model
+from models.decomposition import SEMANTIC_NAMES, Decomposer, Decomposition
+from models.recon_metrics import ground_truth_errors
+from models.recon_training import ReconTrainer
+from pipeline.artifacts import open_store
+from pipeline.checkpoints import latest_checkpoint, load_checkpoint
+from pipeline.params import parse_params
+from pipeline.recon import PANEL_COLUMNS, eval_faces, load_decomposer, panel
+from stages import decompose, faces, sample_latents, train_gan, train_recon
+
+
+def tiny(repo_root, **recon):
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+    raw["device"] = "cpu"
+    raw["data"].update(n_images=48, resolution=32, n_eval=4, chunk=16, batch_size=16)
+    raw["gan"].update(kind="linear", w_dim=16, resolution=32, grid=2, metric_samples=64, fid_samples=0,
+                      ppl_samples=0)
+    raw["latents"].update(n=40, chunk=16, batch_size=8)
+    raw["recon"].update(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8, steps=6,
+                        batch_size=4, snapshot_steps=3, log_every=1, n_eval=12, eval_batch=8, panel_images=2,
+                        yaw_every=2)
+    raw["recon"].update(recon)
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """faces.zarr, the linear ground-truth generator and latents.zarr of tiny params."""
+    from tests.conftest import REPO
+    d = tmp_path_factory.mktemp("recon")
+    params = tiny(REPO)
+    faces.run(params, d / "faces.zarr", d / "r.csv", d / "m.json")
+    train_gan.run(params, d / "faces.zarr", d / "gan", d / "gan_run", d / "g.json")
+    sample_latents.run(params, d / "gan" / "generator.safetensors", d / "latents.zarr")
+    return {"faces": d / "faces.zarr", "generator": d / "gan" / "generator.safetensors",
+            "latents": d / "latents.zarr"}
+
+
+def _train(params, stores, out):
+    return train_recon.run(params, stores["generator"], stores["faces"], out / "recon", out / "run",
+                           out / "m.json")
+
+
+# ------------------------------------------------------------------ ground-truth evaluation
+
+
+class _Oracle(torch.nn.Module):
+    """A 'decomposer' that returns given maps and views (to check the metrics)."""
+
+    def __init__(self, depth, view, light):
+        super().__init__()
+        self.depth, self.view, self.light = depth, view, light
+
+    def forward(self, images):
+        b, r = len(images), images.shape[-1]
+        ones = torch.ones(b, 1, r, r)
+        return Decomposition(self.depth, torch.full((b, 3, r, r), 0.5), self.view, self.light, ones, ones)
+
+
+def test_ground_truth_errors_are_zero_for_the_truth_and_grow_with_errors(repo_root):
+    params = tiny(repo_root, n_eval=16)
+    data = eval_faces(params)
+    region = face_model.region_masks(16)["region:face"]
+    args = (data["images"], data["depth"], data["view"], data["light"], region)
+    exact = ground_truth_errors(_Oracle(data["depth"], data["view"], data["light"]), *args)
+    assert exact["side"].max() < 1e-5 and exact["mad_deg"].max() < 1e-3
+    assert exact["yaw_err_deg"].max() == 0 and exact["light_err_deg"].max() < 0.1
+    assert (exact["depth_px"] > 0).all()
+    # a flattened face is wrong in depth and in normals
+    flat = ground_truth_errors(_Oracle(torch.ones_like(data["depth"]), data["view"], data["light"]), *args)
+    assert flat["side"].mean() > 5e-3 and flat["mad_deg"].mean() > 5
+    yaw_off = data["view"].clone()
+    yaw_off[:, 1] += 10.0
+    shifted = ground_truth_errors(_Oracle(data["depth"], yaw_off, data["light"]), *args)
+    torch.testing.assert_close(shifted["yaw_err_deg"], torch.full((16,), 10.0))
+    torch.testing.assert_close(shifted["pred_yaw_deg"], yaw_off[:, 1])
+
+
+def test_eval_faces_are_reproducible_and_cover_profiles(repo_root):
+    params = tiny(repo_root, n_eval=64)
+    a, b = eval_faces(params), eval_faces(params)
+    torch.testing.assert_close(a["images"], b["images"])
+    assert a["images"].shape == (64, 3, 16, 16) and a["depth"].shape == (64, 16, 16)
+    assert (a["view"][:, 1].abs() > 45).sum() >= 5  # the wide preset has extreme yaws to score
+    assert -1 <= a["images"].min() and a["images"].max() <= 1
+
+
+def test_panel_has_one_row_of_five_views_per_face(repo_root):
+    model = Decomposer(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8)
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    grid = panel(model, images)
+    assert grid.shape == (3 * len(PANEL_COLUMNS), 3, 16, 16) and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid[0], np.round((images[0].numpy() * 0.5 + 0.5) * 255).astype(np.uint8))
+
+
+# ------------------------------------------------------------------ train_recon
+
+
+def test_train_recon_on_generations_writes_everything(repo_root, stores, tmp_path):
+    params = tiny(repo_root, swap_prob=0.5, batch_size=16)  # v_yaw needs 64 (w, yaw) pairs first
+    result = _train(params, stores, tmp_path)
+    for key in ("side", "mad_deg", "yaw_mae_deg", "yaw_mae_extreme_deg", "steps", "img_per_s"):
+        assert key in result
+    assert result["steps"] == 6 and result["yaw_augment"] and result["yaw_updates"] >= 1
+    assert json.loads((tmp_path / "m.json").read_text()) == result
+    assert result["side"] > 0 and 0 < result["mad_deg"] < 90 and result["n_extreme"] >= 1
+    out = tmp_path / "recon"
+    for name in ("decomposer.safetensors", "decomposer.json", "panel.png", "yaw_scatter.png", "eval.csv"):
+        assert (out / name).is_file(), name
+    model = load_decomposer(out / "decomposer.safetensors")
+    assert model.resolution == 16 and load_checkpoint(out / "decomposer.safetensors")[1]["train_on"] == "generator"
+    curves = (tmp_path / "run" / "curves.csv").read_text().splitlines()
+    assert curves[0].startswith("step,total") and len(curves) == 1 + 6
+    assert len(list((tmp_path / "run" / "panels").glob("step-*.png"))) == 2
+
+
+def test_train_recon_on_faces_has_no_yaw_augmentation(repo_root, stores, tmp_path):
+    result = _train(tiny(repo_root, train_on="faces", steps=3), stores, tmp_path)
+    assert result["train_on"] == "faces" and not result["yaw_augment"] and result["yaw_updates"] == 0
+
+
+def test_interrupted_train_recon_resumes_to_the_same_weights(repo_root, stores, tmp_path, monkeypatch):
+    params = tiny(repo_root, swap_prob=0.5)
+    _train(params, stores, tmp_path / "a")
+    real, calls = ReconTrainer.step, {"n": 0}
+
+    def crashing(self, images, w=None):
+        calls["n"] += 1
+        if calls["n"] == 5:  # after the first snapshot (step 3)
+            raise KeyboardInterrupt
+        return real(self, images, w)
+
+    monkeypatch.setattr(ReconTrainer, "step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        _train(params, stores, tmp_path / "b")
+    assert load_checkpoint(latest_checkpoint(tmp_path / "b" / "run" / "checkpoints"))[1]["step"] == 3
+    monkeypatch.setattr(ReconTrainer, "step", real)
+    _train(params, stores, tmp_path / "b")
+    a = load_checkpoint(tmp_path / "a" / "recon" / "decomposer.safetensors")[0]
+    b = load_checkpoint(tmp_path / "b" / "recon" / "decomposer.safetensors")[0]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert len((tmp_path / "b" / "run" / "curves.csv").read_text().splitlines()) == 1 + 6
+
+
+def test_train_recon_divergence_stops_with_a_clear_message(repo_root, stores, tmp_path, monkeypatch):
+    real, calls = ReconTrainer.step, {"n": 0}
+
+    def exploding(self, images, w=None):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise FloatingPointError("non-finite loss 'total' = nan at step 4")
+        return real(self, images, w)
+
+    monkeypatch.setattr(ReconTrainer, "step", exploding)
+    with pytest.raises(SystemExit, match="diverged at step 4.*last good checkpoint is kept: .*ckpt-"):
+        _train(tiny(repo_root), stores, tmp_path)
+
+
+def test_changed_recon_params_restart_instead_of_resuming(repo_root, stores, tmp_path):
+    _train(tiny(repo_root), stores, tmp_path)
+    result = _train(tiny(repo_root, lr=3e-4), stores, tmp_path)
+    meta = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))[1]
+    assert meta["params_hash"] == tiny(repo_root, lr=3e-4).section_hash("recon") and result["steps"] == 6
+    assert len((tmp_path / "run" / "curves.csv").read_text().splitlines()) == 1 + 6
+
+
+# ------------------------------------------------------------------ decompose
+
+
+def test_decompose_matches_the_model_and_shards_reproduce_it(repo_root, stores, tmp_path):
+    params = tiny(repo_root)
+    _train(params, stores, tmp_path)
+    weights = tmp_path / "recon" / "decomposer.safetensors"
+    decompose.run(params, weights, stores["latents"], tmp_path / "one.zarr")
+    decompose.run(params, weights, stores["latents"], tmp_path / "sh.zarr", "prepare")
+    decompose.run(params, weights, stores["latents"], tmp_path / "sh.zarr", (1, 2))
+    with pytest.raises(RuntimeError, match=r"chunks \[0, 2\] were not written"):
+        decompose.run(params, weights, stores["latents"], tmp_path / "sh.zarr", "finalize")
+    decompose.run(params, weights, stores["latents"], tmp_path / "sh.zarr", (0, 2))
+    decompose.run(params, weights, stores["latents"], tmp_path / "sh.zarr", "finalize")
+    one, sh = open_store(tmp_path / "one.zarr"), open_store(tmp_path / "sh.zarr")
+    for name in ("semantics", "depth", "albedo"):
+        np.testing.assert_array_equal(one[name][:], sh[name][:])
+    assert one["semantics"].shape == (40, 14) and one["depth"].shape == (40, 1, 16, 16)
+    assert one["albedo"].shape == (40, 3, 16, 16) and list(one["semantics"].attrs["columns"]) == list(SEMANTIC_NAMES)
+    # row i is the decomposition of latents image i
+    model = load_decomposer(weights)
+    images = torch.from_numpy(open_store(stores["latents"])["images"][5:7]).float() / 127.5 - 1
+    with torch.no_grad():
+        ref = model.semantics(torch.nn.functional.interpolate(images, size=(16, 16), mode="area"))
+    np.testing.assert_allclose(one["semantics"][5:7], ref.numpy(), rtol=1e-4, atol=1e-4)
+    depth = one["depth"][:]
+    assert 0.9 <= depth.min() and depth.max() <= 1.1
+
+
+def test_decompose_refuses_an_incomplete_latents_store(repo_root, stores, tmp_path):
+    params = tiny(repo_root)
+    _train(params, stores, tmp_path)
+    sample_latents.run(params, stores["generator"], tmp_path / "lat.zarr", "prepare")
+    with pytest.raises(Exception, match="incomplete"):
+        decompose.run(params, tmp_path / "recon" / "decomposer.safetensors", tmp_path / "lat.zarr",
+                      tmp_path / "s.zarr")
