@@ -14,6 +14,7 @@ sigma_w the standard deviation of w.v over samples.
 from __future__ import annotations
 
 import warnings
+from typing import Iterable, Iterator
 
 import torch
 
@@ -56,16 +57,51 @@ def pair_differences(w: torch.Tensor, y: torch.Tensor, scheme: str = "random",
     raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
+def stream_pairs(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], scheme: str = "random",
+                 generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``pair_differences`` over consecutive chunks (w [c, d], y [c, k]) of a long sequence, chunk by chunk.
+
+    "reference" and "consecutive" give exactly the pairs of ``pair_differences``
+    on the concatenation; "random" pairs samples within each chunk (a
+    derangement of the chunk; a chunk of one sample is paired with the last
+    sample of the previous chunk). Memory: one chunk.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    ref = prev = None
+    for w, y in chunks:
+        last = (w[-1:], y[-1:])
+        if scheme == "reference":
+            if ref is None:
+                ref, w, y = (w[:1], y[:1]), w[1:], y[1:]
+            if len(w):
+                yield w - ref[0], y - ref[1]
+        elif scheme == "consecutive":
+            if prev is not None:
+                w, y = torch.cat([prev[0], w]), torch.cat([prev[1], y])
+            if len(w) >= 2:
+                yield pair_differences(w, y, "consecutive")
+        elif len(w) >= 2:
+            yield pair_differences(w, y, "random", generator)
+        elif prev is not None:
+            yield w - prev[0], y - prev[1]
+        prev = last
+
+
 class NormalEquations:
     """Running sums of the least-squares normal equations: gram = dW^T dW [d, d], cross = dW^T dY [d, k].
 
     ``add`` chunks of pairs (float64 sums), ``merge`` shards, ``solve`` for the
-    directions. ``state_dict`` holds plain tensors.
+    directions, ``r2`` for the fit of a solution. Also keeps sum dY and sum dY^2
+    [k] (for R^2). Memory O(d^2 + d k) whatever the number of pairs.
+    ``state_dict`` holds plain tensors.
     """
 
     def __init__(self, d: int, k: int = 1, device=None):
         self.gram = torch.zeros(d, d, dtype=torch.float64, device=device)
         self.cross = torch.zeros(d, k, dtype=torch.float64, device=device)
+        self.y_sum = torch.zeros(k, dtype=torch.float64, device=device)
+        self.y_sq = torch.zeros(k, dtype=torch.float64, device=device)
         self.n = 0
 
     @property
@@ -78,6 +114,8 @@ class NormalEquations:
         dy = dy.to(self.gram).reshape(dw.shape[0], -1)
         self.gram += dw.T @ dw
         self.cross += dw.T @ dy
+        self.y_sum += dy.sum(0)
+        self.y_sq += (dy * dy).sum(0)
         self.n += dw.shape[0]
         return self
 
@@ -85,8 +123,20 @@ class NormalEquations:
         """Add another accumulator's sums (e.g. from another shard)."""
         self.gram += other.gram.to(self.gram)
         self.cross += other.cross.to(self.cross)
+        self.y_sum += other.y_sum.to(self.y_sum)
+        self.y_sq += other.y_sq.to(self.y_sq)
         self.n += other.n
         return self
+
+    def r2(self, v: torch.Tensor) -> torch.Tensor:
+        """Coefficient of determination [k] of dY ~ dW v on the accumulated pairs; v [d, k].
+
+        SSE = sum dY^2 - 2 v.(dW^T dY) + v^T (dW^T dW) v; SST = sum (dY - mean dY)^2.
+        """
+        v = v.to(self.gram).reshape(self.dim, -1)
+        sse = self.y_sq - 2 * (v * self.cross).sum(0) + (v * (self.gram @ v)).sum(0)
+        sst = self.y_sq - self.y_sum ** 2 / max(self.n, 1)
+        return 1 - sse.clamp_min(0) / sst.clamp_min(1e-300)
 
     def solve(self, ridge: float = 0.0, rcond: float = 1e-10, fallback: float = 1e-6,
               _stacklevel: int = 2) -> torch.Tensor:
@@ -114,13 +164,16 @@ class NormalEquations:
         return torch.linalg.lstsq(a, self.cross).solution  # still indefinite: least squares
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"gram": self.gram, "cross": self.cross, "n": torch.tensor(self.n)}
+        return {"gram": self.gram, "cross": self.cross, "y_sum": self.y_sum, "y_sq": self.y_sq,
+                "n": torch.tensor(self.n)}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "NormalEquations":
         out = cls(state["gram"].shape[0], state["cross"].shape[1], state["gram"].device)
         out.gram.copy_(state["gram"])
         out.cross.copy_(state["cross"])
+        out.y_sum.copy_(state["y_sum"])
+        out.y_sq.copy_(state["y_sq"])
         out.n = int(state["n"])
         return out
 

@@ -220,8 +220,10 @@ class ReconTrainer:
     [-1, 1] (resized to the decomposer's r). With ``yaw_augment`` (needs
     ``generate(w [n, d]) -> images [n, 3, *, *]`` in [-1, 1]) and the batch's
     latents w [B, d], every step pushes (w, predicted yaw) to a ``YawTracker``,
-    every ``yaw_every`` steps updates v_yaw, and once v_yaw exists each step
-    appends round(yaw_fraction B) generations G(w_s) of random batch latents
+    every ``yaw_every`` steps updates v_yaw, and once v_yaw exists and
+    ``yaw_start`` steps are done (a warm-up: early yaw estimates are noise, and
+    so would be the direction extrapolated along) each step appends
+    round(yaw_fraction B) generations G(w_s) of random batch latents
     extrapolated along v_yaw (s ~ U[-yaw_scale, yaw_scale]).
 
     Non-finite inputs, decomposition outputs, losses or gradients raise
@@ -236,7 +238,7 @@ class ReconTrainer:
                  generate: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  yaw_augment: bool = False, yaw_every: int = 10, yaw_momentum: float = 0.995,
                  yaw_scale: float = 10.0, yaw_fraction: float = 0.5, yaw_buffer: int = 2048,
-                 yaw_ridge: float = 1e-2, yaw_min_samples: int = 64, seed: int = 0):
+                 yaw_ridge: float = 1e-2, yaw_min_samples: int = 64, yaw_start: int = 0, seed: int = 0):
         if not 0.0 <= swap_prob <= 1.0:
             raise ValueError(f"swap_prob must be in [0, 1], got {swap_prob}")
         if yaw_augment and generate is None:
@@ -248,6 +250,7 @@ class ReconTrainer:
         self.perceptual, self.perceptual_weight, self.fov_deg = perceptual, perceptual_weight, fov_deg
         self.generate, self.yaw_augment = generate, yaw_augment
         self.yaw_every, self.yaw_scale, self.yaw_fraction = yaw_every, yaw_scale, yaw_fraction
+        self.yaw_start = yaw_start
         self.yaw = YawTracker(yaw_buffer, yaw_momentum, yaw_ridge, yaw_min_samples)
         self.generator = torch.Generator().manual_seed(seed)  # CPU: derangements, augmentation draws
         self.steps = 0
@@ -258,7 +261,7 @@ class ReconTrainer:
 
     def _augment(self, images: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         """Append G(w_s) for yaw-extrapolated batch latents (once v_yaw exists)."""
-        if not self.yaw_augment or w is None or self.yaw.direction is None:
+        if not self.yaw_augment or w is None or self.yaw.direction is None or self.steps < self.yaw_start:
             return images
         n = max(1, round(self.yaw_fraction * w.shape[0]))
         pick = torch.randint(w.shape[0], (n,), generator=self.generator).to(w.device)

@@ -5,6 +5,8 @@
     facesem inspect [ARTIFACT]                   artifacts: shape, dtype, chunks, size, provenance
     facesem dag                                  the stages and their upstream, from dvc.yaml
     facesem params                               validate params.yaml and print it resolved
+    facesem edit --direction yaw --seeds 0,1,2 --scales -3:3:7 --out grid.png
+                                                 faces moved along a learned direction (Eq. 4)
 """
 from __future__ import annotations
 
@@ -75,6 +77,22 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edit(args: argparse.Namespace) -> int:
+    from pipeline.device import select_device
+    from pipeline.edit import edit_grid, load_direction, parse_scales, parse_seeds
+    from pipeline.generators import load_generator
+    from pipeline.images import save_grid
+
+    root = project_root()
+    seeds, scales = parse_seeds(args.seeds), parse_scales(args.scales)
+    direction, sigma_w = load_direction(root / args.directions, args.direction)
+    gen = load_generator(root / args.generator, select_device(args.device))
+    grid = edit_grid(gen, direction, sigma_w, seeds, scales)
+    out = save_grid(grid, args.out, ncols=len(scales), scale=args.zoom)
+    print(f"{out}: {len(seeds)} seeds (rows) x s = {scales} (columns), sigma_w = {sigma_w:.4g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facesem", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,10 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="validate params.yaml and print the resolved values")
     p.add_argument("--file", default="params.yaml")
     p.set_defaults(func=cmd_params)
+    p = sub.add_parser("edit", help="a grid of generations moved along a named direction (Eq. 4)")
+    p.add_argument("--direction", required=True, help="e.g. yaw, pitch, light_x (see directions.zarr)")
+    p.add_argument("--seeds", default="0,1,2", help="comma list: one row per seed")
+    p.add_argument("--scales", default="-3:3:7", help="s of Eq. 4: start:stop:count or a comma list")
+    p.add_argument("--out", default="edit.png")
+    p.add_argument("--directions", default="data/directions.zarr")
+    p.add_argument("--generator", default="data/gan/generator.safetensors")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--zoom", type=int, default=3, help="nearest-neighbour upscaling of the PNG")
+    p.set_defaults(func=cmd_edit)
     return parser
 
 
+def _join_negative_values(argv: list[str], options=("--scales",)) -> list[str]:
+    """'--scales -3:3:7' -> '--scales=-3:3:7' (argparse would take '-3:3:7' for an option)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

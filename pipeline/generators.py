@@ -49,6 +49,18 @@ class LatentGenerator:
     def resolution(self) -> int:
         return self.net.resolution
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter([*self.net.parameters(), *self.net.buffers()])).device
+
+    def first_modulation(self) -> torch.Tensor:
+        """Weight [C, d] of the first layer that reads w (SeFa's A): the 4x4 conv's style affine for
+        StyleGAN2, diag(scale) M (factors = f0 + scale * (M w)) for the linear generator."""
+        if self.kind == "stylegan2":
+            affine = self.net.synthesis_net.blocks["b4"].conv1.affine
+            return affine.weight.detach() * affine.weight_gain
+        return self.net.directions * self.net.scale[:, None]
+
     @torch.no_grad()
     def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
         """z [B, z_dim] -> w [B, w_dim], pulled toward the mean w by truncation_psi < 1."""

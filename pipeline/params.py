@@ -103,12 +103,13 @@ class ReconParams(Section):
     depth_prior: float = Field(0.5, ge=0)        # convex start against the hollow-face solution; 0 = Unsup3D
     steps: int = Field(2000, ge=0)               # optimisation steps in this run
     batch_size: int = Field(32, ge=2)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     flip_weight: float = Field(0.5, ge=0)        # weight of the flipped (symmetric) reconstruction
     swap_prob: float = Field(0.1, ge=0, le=1)    # mutual reconstruction (paper: 0.1 FFHQ-like, 0.5 CASIA-like)
     yaw_augment: bool = True                     # Sec. 3.4 (train_on generator only)
     yaw_every: int = Field(10, ge=1)             # steps between v_yaw regressions
+    yaw_start: int = Field(1000, ge=0)           # steps before augmenting (v_yaw is still estimated)
     yaw_momentum: float = Field(0.995, ge=0, lt=1)
     yaw_scale: float = Field(10.0, gt=0)         # s ~ U[-scale, scale] in Eq. 4
     yaw_fraction: float = Field(0.5, gt=0, le=4)  # augmented images per batch image
@@ -131,6 +132,25 @@ class ReconParams(Section):
         return v
 
 
+class RegressParams(Section):
+    """Stage `regress`: Eq. 2-3, directions of the semantics (and the Jacobian of the maps) in W."""
+    scheme: Literal["random", "reference", "consecutive"] = "random"  # how sample pairs are formed
+    ridge: float = Field(0.0, ge=0)              # x mean diagonal of dW^T dW; 0 = plain Eq. 3
+    jacobian: bool = True                        # also regress every depth / albedo pixel (S x d)
+    chunk: int = Field(1024, ge=2)               # samples read and paired at a time (memory)
+    seed: int = Field(0, ge=0)
+
+
+class EvaluateParams(Section):
+    """Stage `evaluate`: Table 2 (extended), recovery on the linear generator, peers, edit quality."""
+    n_samples: int = Field(2000, ge=16)         # fresh samples measured by the oracle
+    peers_k: int = Field(10, ge=1)               # first K directions of GANSpace / SeFa searched per semantic
+    edit_samples: int = Field(128, ge=2)         # samples edited per direction
+    edit_scale: float = Field(2.0, gt=0)         # edits to s = -scale and +scale (Eq. 4)
+    batch_size: int = Field(256, ge=1)
+    seed: int = Field(7, ge=0)
+
+
 class FlowParams(Section):
     """Orchestration (Prefect): parallelism and retries of stages."""
     max_parallel: int = Field(1, ge=1, le=64)    # independent stages run at once (task runner workers)
@@ -146,6 +166,8 @@ class Params(Section):
     latents: LatentsParams = LatentsParams()
     oracle: OracleParams = OracleParams()
     recon: ReconParams = ReconParams()
+    regress: RegressParams = RegressParams()
+    evaluate: EvaluateParams = EvaluateParams()
     flow: FlowParams = FlowParams()
 
     def section_hash(self, *names: str) -> str:

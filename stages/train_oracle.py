@@ -76,7 +76,8 @@ def run(params: Params, faces: Path, out: Path, metrics: Path) -> dict:
     oracle_r2 = {n: round(float(v), 4) for n, v in zip(names, r2)}
     flagged = [n for n, v in oracle_r2.items() if v < params.oracle.r2_threshold]
     meta = {"factor_names": names, "resolution": params.gan.resolution, "width": params.oracle.width,
-            "faces_params_hash": attrs["params_hash"], "params_hash": params.section_hash("oracle", "gan")}
+            "faces_params_hash": attrs["params_hash"], "params_hash": params.section_hash("oracle", "gan"),
+            "oracle_r2": oracle_r2, "flagged": flagged, "r2_threshold": params.oracle.r2_threshold}
     save_checkpoint(out, 0, model.state_dict(), meta, name="oracle")
     result = {"oracle_r2": oracle_r2, "flagged": flagged, "r2_threshold": params.oracle.r2_threshold,
               "resolution": params.gan.resolution, "seconds": round(time.perf_counter() - start, 1)}

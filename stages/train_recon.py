@@ -92,7 +92,7 @@ def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
     model = Decomposer(decomposer_config(rc)).to(device)
     return ReconTrainer(model, lr=rc.lr, weight_decay=rc.weight_decay, flip_weight=rc.flip_weight,
                         swap_prob=rc.swap_prob, generate=batches.synthesize if augment else None,
-                        yaw_augment=augment, yaw_every=rc.yaw_every, yaw_momentum=rc.yaw_momentum,
+                        yaw_augment=augment, yaw_every=rc.yaw_every, yaw_start=rc.yaw_start, yaw_momentum=rc.yaw_momentum,
                         yaw_scale=rc.yaw_scale, yaw_fraction=rc.yaw_fraction, seed=rc.seed)
 
 

@@ -27,6 +27,7 @@ TINY = {"device": "cpu",
         "recon": {"resolution": 16, "nf_map": 4, "zdim_map": 8, "nf_encoder": 4, "nf_conf": 4, "zdim_conf": 8,
                   "steps": 4, "batch_size": 4, "snapshot_steps": 2, "n_eval": 8, "eval_batch": 8,
                   "panel_images": 2},
+        "evaluate": {"n_samples": 64, "edit_samples": 8, "peers_k": 2, "batch_size": 64},
         "flow": {"max_parallel": 2}}  # independent tiny stages run concurrently
 # every stage dvc.yaml declares (TINY must keep them all tiny)
 STAGES = tuple(yaml.safe_load((Path(__file__).resolve().parent.parent / "dvc.yaml").read_text())["stages"])
@@ -99,6 +100,8 @@ def test_dvc_repro_then_flow_then_param_change(tiny_repo):
     assert semantics["semantics"].shape == (32, 14) and semantics["depth"].shape == (32, 1, 16, 16)
     recon = json.loads((root / "data" / "metrics" / "recon.json").read_text())
     assert recon["steps"] == 4 and {"side", "mad_deg", "yaw_mae_deg", "yaw_mae_extreme_deg"} <= set(recon)
+    evaluation = json.loads((root / "data" / "metrics" / "evaluate.json").read_text())
+    assert len(evaluation["table2"]) == 14 and set(evaluation["peers"]) == {"ours", "ganspace", "sefa", "interfacegan"}
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(STAGES)
 

@@ -28,7 +28,7 @@ def tiny(repo_root, **recon):
     raw["latents"].update(n=40, chunk=16, batch_size=8)
     raw["recon"].update(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8, steps=6,
                         batch_size=4, snapshot_steps=3, log_every=1, n_eval=12, eval_batch=8, panel_images=2,
-                        yaw_every=2)
+                        yaw_every=2, yaw_start=0)
     raw["recon"].update(recon)
     return parse_params(raw)
 

@@ -266,6 +266,14 @@ def test_trainer_adds_yaw_extrapolated_generations():
     assert float(s.abs().max()) <= 10 + 1e-4
     with pytest.raises(ValueError):
         ReconTrainer(trainer.decomposer, yaw_augment=True)
+    # a warm-up: v_yaw is tracked from the start, augmentation begins at step yaw_start
+    late = ReconTrainer(Decomposer(resolution=r, **TINY), generate=generate, yaw_augment=True, yaw_every=2,
+                        yaw_min_samples=6, yaw_start=3)
+    n_aug = []
+    for _ in range(5):
+        w = torch.randn(4, wd, generator=g)
+        n_aug.append(late.step(gen.synthesis(w), w)["n_augmented"])
+    assert n_aug == [0, 0, 0, 2, 2] and late.yaw.updates == 2
 
 
 # ------------------------------------------------------------------ a short training run

@@ -1,0 +1,56 @@
+"""Edits along named latent directions (Eq. 4): the grids of `facesem edit`.
+
+A direction is looked up by name in the pipeline's direction stores (directions.zarr: the
+14 univariate semantics). Every edit goes through models.linear_semantics.manipulate.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.linear_semantics import manipulate
+from pipeline.artifacts import open_store
+from pipeline.generators import LatentGenerator
+from pipeline.images import to_uint8
+
+
+def load_direction(store: str | Path, name: str) -> tuple[torch.Tensor, float]:
+    """Unit direction [d] and sigma_w of the row called `name` in a directions store."""
+    group = open_store(store)
+    rows = list(group["unit"].attrs["rows"])
+    if name not in rows:
+        raise KeyError(f"direction {name!r} is not in {store}; available: {', '.join(rows)}")
+    i = rows.index(name)
+    return torch.from_numpy(group["unit"][i]), float(group["sigma_w"][i])
+
+
+def parse_scales(text: str) -> list[float]:
+    """'-3:3:7' (start:stop:count, inclusive) or '-2,0,2' -> scales s of Eq. 4."""
+    try:
+        if ":" in text:
+            lo, hi, count = text.split(":")
+            return np.linspace(float(lo), float(hi), int(count)).round(6).tolist()
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--scales must be start:stop:count or a comma list, got {text!r}") from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds must be a comma list of integers, got {text!r}") from None
+
+
+@torch.no_grad()
+def edit_grid(gen: LatentGenerator, direction: torch.Tensor, sigma_w: float, seeds: list[int],
+              scales: list[float], truncation_psi: float = 1.0) -> np.ndarray:
+    """uint8 images [len(seeds) * len(scales), 3, r, r]: row = seed (z ~ N(0, I) from it), column = s."""
+    device = gen.device
+    z = torch.cat([torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    w = gen.mapping(z.to(device), truncation_psi)  # [n, d]
+    s = torch.tensor(scales, device=device)
+    w_s = manipulate(w.repeat_interleave(len(scales), 0), direction.to(device), s.repeat(len(seeds)), sigma_w)
+    return to_uint8(gen.synthesis(w_s).clamp(-1, 1) * 0.5 + 0.5)

@@ -1,0 +1,132 @@
+"""Stage `evaluate`: how linear and how clean the learned directions are, measured by the oracle.
+
+On `evaluate.n_samples` fresh samples w -> G(w), the oracle (stage train_oracle) measures the 14
+univariate semantics. Writes the metrics JSON (`table2`, `oracle_r2`, `flagged`, `peers`,
+`edit`, and `linear_recovery_cos` for the linear generator) and the same as CSV tables in
+`--out`: table2.csv (directions x semantics, Pearson r of w.v_hat with the measured
+semantic), peers.csv (best |r| per semantic: ours, GANSpace, SeFa, InterFaceGAN), edit.csv.
+Factors the oracle measures with R^2 below `oracle.r2_threshold` are flagged in every table.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from models import faces as face_model
+from models.linear_semantics import manipulate, unit
+from models.peers import best_abs_corr, ganspace, interfacegan, pearson, sefa
+from pipeline.artifacts import open_store, write_json
+from pipeline.checkpoints import load_checkpoint
+from pipeline.device import select_device
+from pipeline.generators import LatentGenerator, load_generator
+from pipeline.images import to_uint8
+from pipeline.oracle import load_oracle, predict
+from pipeline.params import Params
+from pipeline.stage import stage_args
+
+log = logging.getLogger("stages.evaluate")
+
+
+class Measure:
+    """w [n, d] -> the 14 semantics [n, 14] of G(w) (named `names`) as the oracle measures them."""
+
+    def __init__(self, gen: LatentGenerator, oracle_dir: Path, names: list[str], batch: int, device):
+        self.gen, self.batch, self.device = gen, batch, device
+        self.oracle, factor_names = load_oracle(oracle_dir, device)
+        missing = [n for n in names if n not in factor_names]
+        if missing:
+            raise ValueError(f"the oracle in {oracle_dir} does not measure {missing}")
+        self.columns = [factor_names.index(n) for n in names]
+
+    @torch.no_grad()
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        images = torch.cat([torch.from_numpy(to_uint8(self.gen.synthesis(w[b:b + self.batch].to(self.device))
+                                                       .clamp(-1, 1) * 0.5 + 0.5))
+                            for b in range(0, len(w), self.batch)])
+        return predict(self.oracle, images, self.device, self.batch)[:, self.columns]
+
+
+def edit_quality(measure: Measure, w: torch.Tensor, units: torch.Tensor, sigma: torch.Tensor, scale: float,
+                 std: torch.Tensor) -> torch.Tensor:
+    """Mean movement [k, m] of each measured semantic per unit s along each direction, in stds of the semantic."""
+    rows = []
+    for v, s in tqdm(list(zip(units, sigma)), desc="edit quality", unit="direction"):
+        lo, hi = (measure(manipulate(w, v, sign * scale, s)) for sign in (-1.0, 1.0))
+        rows.append(((hi - lo) / (2 * scale)).mean(0) / std)
+    return torch.stack(rows)
+
+
+def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out: Path, metrics: Path) -> dict:
+    start, ev = time.perf_counter(), params.evaluate
+    oracle_meta = load_checkpoint(oracle_dir / "oracle.safetensors")[1] if (oracle_dir / "oracle.safetensors").is_file() \
+        else None
+    if oracle_meta is None:
+        result = {"skipped": True, "reason": "no oracle (real data has no ground-truth factors to train one)"}
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(metrics, result)
+        return result
+    device = select_device(params.device)
+    gen = load_generator(generator, device)
+    store = open_store(directions)
+    names = list(store["unit"].attrs["rows"])
+    units, sigma = torch.from_numpy(store["unit"][:]), torch.from_numpy(store["sigma_w"][:])
+    measure = Measure(gen, oracle_dir, names, ev.batch_size, device)
+    g = torch.Generator().manual_seed(ev.seed)
+    z = torch.randn(ev.n_samples, gen.z_dim, generator=g)
+    w = torch.cat([gen.mapping(z[b:b + ev.batch_size].to(device)).cpu() for b in range(0, len(z), ev.batch_size)])
+    log.info("measuring %d generations with the oracle", len(w))
+    y = measure(w)  # [n, 14]
+    table2 = pearson(w @ units.T, y)  # [directions, semantics]
+    flagged = [n for n in names if n in oracle_meta.get("flagged", [])]
+    half = len(w) // 2  # InterFaceGAN: fit on one half, score on the other
+    peers = {"ours": table2.diagonal().abs(),
+             "ganspace": best_abs_corr(w, ganspace(w, ev.peers_k), y),
+             "sefa": best_abs_corr(w, sefa(gen.first_modulation().cpu().float(), ev.peers_k), y),
+             "interfacegan": pearson(w[half:] @ interfacegan(w[:half], y[:half]).T, y[half:]).diagonal().abs()}
+    edit = edit_quality(measure, w[:ev.edit_samples], units, sigma, ev.edit_scale, y.std(0).clamp_min(1e-8))
+    off = ~torch.eye(len(names), dtype=torch.bool)
+
+    def named(row) -> dict:
+        return {n: round(float(x), 4) for n, x in zip(names, row)}
+
+    result = {
+        "table2": {d: named(row) for d, row in zip(names, table2)},
+        "table2_diag_mean_abs": round(float(table2.diagonal().abs().mean()), 4),
+        "table2_offdiag_mean_abs": round(float(table2.abs()[off].mean()), 4),
+        "oracle_r2": oracle_meta.get("oracle_r2", {}), "flagged": flagged,
+        "peers": {m: named(v) for m, v in peers.items()},
+        "edit": {d: {"target_std_per_s": round(float(edit[i, i]), 4),
+                     "leakage_std_per_s": round(float(edit[i][off[i]].abs().mean()), 4)}
+                 for i, d in enumerate(names)},
+        "n_samples": ev.n_samples, "generator_kind": gen.kind,
+        "space": "Pearson r over fresh samples of w . v_hat against oracle-measured semantics of G(w)",
+    }
+    if gen.kind == "linear":
+        truth = unit(gen.net.directions[[face_model.FACTOR_INDEX[n] for n in names]].cpu())
+        result["linear_recovery_cos"] = named((unit(units) * truth).sum(1))
+    out.mkdir(parents=True, exist_ok=True)
+    flag = ["flagged" if n in flagged else "" for n in names]
+    pd.DataFrame(table2.numpy(), index=names, columns=names).round(4).assign(oracle_flag=flag).to_csv(
+        out / "table2.csv", index_label="direction")
+    pd.DataFrame({m: v.numpy() for m, v in peers.items()}, index=names).round(4).assign(oracle_flag=flag).to_csv(
+        out / "peers.csv", index_label="semantic")
+    pd.DataFrame(result["edit"]).T.assign(oracle_flag=flag).to_csv(out / "edit.csv", index_label="direction")
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(metrics, result)
+    return result
+
+
+def main() -> None:
+    args, params = stage_args(__doc__.splitlines()[0], ["generator", "oracle", "directions", "out", "metrics"])
+    result = run(params, Path(args.generator), Path(args.oracle), Path(args.directions), Path(args.out),
+                 Path(args.metrics))
+    print({k: v for k, v in result.items() if not isinstance(v, dict)})
+
+
+if __name__ == "__main__":
+    main()
