@@ -85,7 +85,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     root = project_root()
     seeds, scales = parse_seeds(args.seeds), parse_scales(args.scales)
-    direction, sigma_w = load_direction(root / args.directions, args.direction)
+    stores = [root / args.directions] if args.directions else \
+        [root / "data" / n for n in ("directions.zarr", "components.zarr") if (root / "data" / n).exists()]
+    if not stores:
+        raise FileNotFoundError("no direction stores under data/ yet: run the pipeline (facesem run)")
+    direction, sigma_w = load_direction(stores, args.direction)
     gen = load_generator(root / args.generator, select_device(args.device))
     grid = edit_grid(gen, direction, sigma_w, seeds, scales)
     out = save_grid(grid, args.out, ncols=len(scales), scale=args.zoom)
@@ -118,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma list: one row per seed")
     p.add_argument("--scales", default="-3:3:7", help="s of Eq. 4: start:stop:count or a comma list")
     p.add_argument("--out", default="edit.png")
-    p.add_argument("--directions", default="data/directions.zarr")
+    p.add_argument("--directions", help="a directions store (default: data/directions.zarr, "
+                                        "then data/components.zarr)")
     p.add_argument("--generator", default="data/gan/generator.safetensors")
     p.add_argument("--device", default="auto")
     p.add_argument("--zoom", type=int, default=3, help="nearest-neighbour upscaling of the PNG")

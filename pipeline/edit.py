@@ -1,7 +1,8 @@
 """Edits along named latent directions (Eq. 4): the grids of `facesem edit`.
 
 A direction is looked up by name in the pipeline's direction stores (directions.zarr: the
-14 univariate semantics). Every edit goes through models.linear_semantics.manipulate.
+14 univariate semantics; components.zarr: the localized components). Every edit goes
+through models.linear_semantics.manipulate.
 """
 from __future__ import annotations
 
@@ -16,14 +17,19 @@ from pipeline.generators import LatentGenerator
 from pipeline.images import to_uint8
 
 
-def load_direction(store: str | Path, name: str) -> tuple[torch.Tensor, float]:
-    """Unit direction [d] and sigma_w of the row called `name` in a directions store."""
-    group = open_store(store)
-    rows = list(group["unit"].attrs["rows"])
-    if name not in rows:
-        raise KeyError(f"direction {name!r} is not in {store}; available: {', '.join(rows)}")
-    i = rows.index(name)
-    return torch.from_numpy(group["unit"][i]), float(group["sigma_w"][i])
+def load_direction(stores: str | Path | list, name: str) -> tuple[torch.Tensor, float]:
+    """Unit direction [d] and sigma_w of the row called `name` in the first of `stores` that has it
+    (directions.zarr: the 14 univariate semantics; components.zarr: comp00, comp01, ...)."""
+    stores = [stores] if isinstance(stores, (str, Path)) else list(stores)
+    seen = []
+    for store in stores:
+        group = open_store(store)
+        rows = list(group["unit"].attrs["rows"])
+        if name in rows:
+            i = rows.index(name)
+            return torch.from_numpy(group["unit"][i]), float(group["sigma_w"][i])
+        seen += rows
+    raise KeyError(f"direction {name!r} is not in {', '.join(map(str, stores))}; available: {', '.join(seen)}")
 
 
 def parse_scales(text: str) -> list[float]:

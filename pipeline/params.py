@@ -151,6 +151,31 @@ class EvaluateParams(Section):
     seed: int = Field(7, ge=0)
 
 
+class FactorizeParams(Section):
+    """Stage `factorize`: Eq. 5, sparse localized components of the canonical-map Jacobian."""
+    solver: Literal["fast", "adam"] = "fast"     # alternating ISTA / sphere gradient | the paper's Adam
+    components: int = Field(48, ge=1)            # P
+    alpha: float = Field(0.001, ge=0)            # L1 weight on U (J balanced to ||J||_F = 1)
+    beta: float = Field(1.0, ge=0)               # orthogonality weight on V
+    iters: int = Field(300, ge=1)                # outer iterations (adam: steps)
+    tol: float = Field(1e-6, ge=0)               # relative objective decrease to stop at
+    adam_lr: float = Field(1e-4, gt=0)
+    init: Literal["svd", "random"] = "svd"
+    balance: bool = True                         # depth and albedo parts of J to equal Frobenius norm
+    min_norm: float = Field(0.01, ge=0)          # drop components with ||u_p|| below (on ||J||_F = 1)
+    support_frac: float = Field(0.1, gt=0, lt=1)  # support: |u_sp| > frac x max_s |u_sp|
+    edit_components: int = Field(12, ge=0)       # components in the edit figure
+    edit_scale: float = Field(4.0, gt=0)         # s in [-scale, scale] (Fig. 7)
+    edit_steps: int = Field(9, ge=2)
+    seed: int = Field(0, ge=0)
+
+
+class ClusterParams(Section):
+    """Stage `cluster`: Ward linkage of the components' directions (Fig. 6)."""
+    n_clusters: int = Field(3, ge=1)             # flat clusters (ignored when distance is set)
+    distance: float | None = Field(None, gt=0)   # cut the dendrogram at this height instead
+
+
 class FlowParams(Section):
     """Orchestration (Prefect): parallelism and retries of stages."""
     max_parallel: int = Field(1, ge=1, le=64)    # independent stages run at once (task runner workers)
@@ -168,6 +193,8 @@ class Params(Section):
     recon: ReconParams = ReconParams()
     regress: RegressParams = RegressParams()
     evaluate: EvaluateParams = EvaluateParams()
+    factorize: FactorizeParams = FactorizeParams()
+    cluster: ClusterParams = ClusterParams()
     flow: FlowParams = FlowParams()
 
     def section_hash(self, *names: str) -> str:

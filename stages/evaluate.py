@@ -4,7 +4,9 @@ On `evaluate.n_samples` fresh samples w -> G(w), the oracle (stage train_oracle)
 univariate semantics. Writes the metrics JSON (`table2`, `oracle_r2`, `flagged`, `peers`,
 `edit`, and `linear_recovery_cos` for the linear generator) and the same as CSV tables in
 `--out`: table2.csv (directions x semantics, Pearson r of w.v_hat with the measured
-semantic), peers.csv (best |r| per semantic: ours, GANSpace, SeFa, InterFaceGAN), edit.csv.
+semantic), peers.csv (best |r| per semantic: ours, GANSpace, SeFa, InterFaceGAN), edit.csv, and
+with `--components` (stage factorize's store) components.csv / `components`: for each localized
+component the oracle factor it moves most per unit s (in stds of that factor) and the runner-up.
 Factors the oracle measures with R^2 below `oracle.r2_threshold` are flagged in every table.
 """
 from __future__ import annotations
@@ -33,15 +35,17 @@ log = logging.getLogger("stages.evaluate")
 
 
 class Measure:
-    """w [n, d] -> the 14 semantics [n, 14] of G(w) (named `names`) as the oracle measures them."""
+    """w [n, d] -> the factors [n, len(names)] of G(w) as the oracle measures them (default: all it
+    measures, univariate and localized; `names` lists them in column order)."""
 
-    def __init__(self, gen: LatentGenerator, oracle_dir: Path, names: list[str], batch: int, device):
+    def __init__(self, gen: LatentGenerator, oracle_dir: Path, batch: int, device, names: list[str] | None = None):
         self.gen, self.batch, self.device = gen, batch, device
         self.oracle, factor_names = load_oracle(oracle_dir, device)
-        missing = [n for n in names if n not in factor_names]
+        self.names = list(factor_names if names is None else names)
+        missing = [n for n in self.names if n not in factor_names]
         if missing:
             raise ValueError(f"the oracle in {oracle_dir} does not measure {missing}")
-        self.columns = [factor_names.index(n) for n in names]
+        self.columns = [factor_names.index(n) for n in self.names]
 
     @torch.no_grad()
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
@@ -61,7 +65,19 @@ def edit_quality(measure: Measure, w: torch.Tensor, units: torch.Tensor, sigma: 
     return torch.stack(rows)
 
 
-def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out: Path, metrics: Path) -> dict:
+def component_factors(edit: torch.Tensor, names: list[str], factor_names: list[str]) -> dict:
+    """For each component (rows of edit [K, F], std per unit s), the factor it moves most and the runner-up."""
+    result = {}
+    for name, row in zip(names, edit):
+        order = row.abs().argsort(descending=True).tolist()
+        result[name] = {"moves": factor_names[order[0]], "std_per_s": round(float(row[order[0]]), 4),
+                        "runner_up": factor_names[order[1]] if len(order) > 1 else "",
+                        "runner_up_std_per_s": round(float(row[order[1]]), 4) if len(order) > 1 else 0.0}
+    return result
+
+
+def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out: Path, metrics: Path,
+        components: Path | None = None) -> dict:
     start, ev = time.perf_counter(), params.evaluate
     oracle_meta = load_checkpoint(oracle_dir / "oracle.safetensors")[1] if (oracle_dir / "oracle.safetensors").is_file() \
         else None
@@ -75,12 +91,16 @@ def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out
     store = open_store(directions)
     names = list(store["unit"].attrs["rows"])
     units, sigma = torch.from_numpy(store["unit"][:]), torch.from_numpy(store["sigma_w"][:])
-    measure = Measure(gen, oracle_dir, names, ev.batch_size, device)
+    measure = Measure(gen, oracle_dir, ev.batch_size, device)
+    sel = [measure.names.index(n) if n in measure.names else -1 for n in names]
+    if -1 in sel:
+        raise ValueError(f"the oracle in {oracle_dir} does not measure {[n for n, i in zip(names, sel) if i < 0]}")
     g = torch.Generator().manual_seed(ev.seed)
     z = torch.randn(ev.n_samples, gen.z_dim, generator=g)
     w = torch.cat([gen.mapping(z[b:b + ev.batch_size].to(device)).cpu() for b in range(0, len(z), ev.batch_size)])
     log.info("measuring %d generations with the oracle", len(w))
-    y = measure(w)  # [n, 14]
+    y_all = measure(w)  # [n, F]: every factor the oracle measures
+    y, std_all = y_all[:, sel], y_all.std(0).clamp_min(1e-8)  # [n, 14], [F]
     table2 = pearson(w @ units.T, y)  # [directions, semantics]
     flagged = [n for n in names if n in oracle_meta.get("flagged", [])]
     half = len(w) // 2  # InterFaceGAN: fit on one half, score on the other
@@ -88,7 +108,7 @@ def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out
              "ganspace": best_abs_corr(w, ganspace(w, ev.peers_k), y),
              "sefa": best_abs_corr(w, sefa(gen.first_modulation().cpu().float(), ev.peers_k), y),
              "interfacegan": pearson(w[half:] @ interfacegan(w[:half], y[:half]).T, y[half:]).diagonal().abs()}
-    edit = edit_quality(measure, w[:ev.edit_samples], units, sigma, ev.edit_scale, y.std(0).clamp_min(1e-8))
+    edit = edit_quality(measure, w[:ev.edit_samples], units, sigma, ev.edit_scale, std_all)[:, sel]
     off = ~torch.eye(len(names), dtype=torch.bool)
 
     def named(row) -> dict:
@@ -106,6 +126,12 @@ def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out
         "n_samples": ev.n_samples, "generator_kind": gen.kind,
         "space": "Pearson r over fresh samples of w . v_hat against oracle-measured semantics of G(w)",
     }
+    comp_store = open_store(components) if components is not None and components.exists() else None
+    if comp_store is not None and comp_store["unit"].shape[0]:  # which factor each localized component moves
+        comp_names = list(comp_store["unit"].attrs["rows"])
+        comp_edit = edit_quality(measure, w[:ev.edit_samples], torch.from_numpy(comp_store["unit"][:]),
+                                 torch.from_numpy(comp_store["sigma_w"][:]), ev.edit_scale, std_all)
+        result["components"] = component_factors(comp_edit, comp_names, measure.names)
     if gen.kind == "linear":
         truth = unit(gen.net.directions[[face_model.FACTOR_INDEX[n] for n in names]].cpu())
         result["linear_recovery_cos"] = named((unit(units) * truth).sum(1))
@@ -116,15 +142,18 @@ def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out
     pd.DataFrame({m: v.numpy() for m, v in peers.items()}, index=names).round(4).assign(oracle_flag=flag).to_csv(
         out / "peers.csv", index_label="semantic")
     pd.DataFrame(result["edit"]).T.assign(oracle_flag=flag).to_csv(out / "edit.csv", index_label="direction")
+    if "components" in result:
+        pd.DataFrame(result["components"]).T.to_csv(out / "components.csv", index_label="component")
     result["seconds"] = round(time.perf_counter() - start, 1)
     write_json(metrics, result)
     return result
 
 
 def main() -> None:
-    args, params = stage_args(__doc__.splitlines()[0], ["generator", "oracle", "directions", "out", "metrics"])
+    args, params = stage_args(__doc__.splitlines()[0], ["generator", "oracle", "directions", "out", "metrics",
+                                                         "components"])
     result = run(params, Path(args.generator), Path(args.oracle), Path(args.directions), Path(args.out),
-                 Path(args.metrics))
+                 Path(args.metrics), Path(args.components))
     print({k: v for k, v in result.items() if not isinstance(v, dict)})
 
 

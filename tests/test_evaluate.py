@@ -71,7 +71,7 @@ def test_evaluate_scores_the_true_directions_as_perfect(linear_setup, tmp_path, 
         group.create_array("sigma_w", data=np.ones(14, np.float32))
         group["unit"].attrs["rows"] = list(SEMANTIC_NAMES)
     # exact measurements instead of the (tiny, inaccurate) oracle: factors of the linear generator
-    monkeypatch.setattr(evaluate.Measure, "__call__", lambda self, w: self.gen.net.factors(w)[:, cols])
+    monkeypatch.setattr(evaluate.Measure, "__call__", lambda self, w: self.gen.net.factors(w)[:, self.columns])
     result = evaluate.run(params, d / "gan" / "generator.safetensors", d / "oracle", tmp_path / "dir.zarr",
                           tmp_path / "out", tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text()) == result
@@ -86,16 +86,36 @@ def test_evaluate_scores_the_true_directions_as_perfect(linear_setup, tmp_path, 
     assert set(result["oracle_r2"]) >= set(SEMANTIC_NAMES)
     table = pd.read_csv(tmp_path / "out" / "table2.csv", index_col="direction")
     assert table.loc["yaw", "yaw"] > 0.999 and "oracle_flag" in table.columns
+    assert "components" not in result  # no components store given
     assert (tmp_path / "out" / "peers.csv").is_file() and (tmp_path / "out" / "edit.csv").is_file()
+
+
+def true_directions_store(gen, path, names=SEMANTIC_NAMES, rows=None):
+    """A directions store (unit rows named ``rows``, sigma_w 1) holding the generator's true directions."""
+    with write_store(path, "regress", {}, "h") as group:
+        group.create_array("unit", data=gen.net.directions[[face_model.FACTOR_INDEX[n] for n in names]].numpy())
+        group.create_array("sigma_w", data=np.ones(len(names), np.float32))
+        group["unit"].attrs["rows"] = list(rows or names)
+
+
+def test_evaluate_names_the_factor_each_component_moves(linear_setup, tmp_path, monkeypatch):
+    params, d = linear_setup
+    gen = load_generator(d / "gan" / "generator.safetensors")
+    true_directions_store(gen, tmp_path / "dir.zarr")
+    local = list(face_model.LOCAL_NAMES[:3])   # components = three true localized directions, renamed
+    true_directions_store(gen, tmp_path / "comp.zarr", local, ["comp00", "comp01", "comp02"])
+    monkeypatch.setattr(evaluate.Measure, "__call__", lambda self, w: self.gen.net.factors(w)[:, self.columns])
+    result = evaluate.run(params, d / "gan" / "generator.safetensors", d / "oracle", tmp_path / "dir.zarr",
+                          tmp_path / "out", tmp_path / "m.json", tmp_path / "comp.zarr")
+    assert [result["components"][f"comp0{i}"]["moves"] for i in range(3)] == local
+    assert all(abs(c["std_per_s"]) > abs(c["runner_up_std_per_s"]) for c in result["components"].values())
+    assert len(pd.read_csv(tmp_path / "out" / "components.csv")) == 3
 
 
 def test_evaluate_with_the_real_oracle_runs_and_flags(linear_setup, tmp_path):
     params, d = linear_setup
     gen = load_generator(d / "gan" / "generator.safetensors")
-    with write_store(tmp_path / "dir.zarr", "regress", {}, "h") as group:
-        group.create_array("unit", data=gen.net.directions[[face_model.FACTOR_INDEX[n] for n in SEMANTIC_NAMES]].numpy())
-        group.create_array("sigma_w", data=np.ones(14, np.float32))
-        group["unit"].attrs["rows"] = list(SEMANTIC_NAMES)
+    true_directions_store(gen, tmp_path / "dir.zarr")
     result = evaluate.run(params, d / "gan" / "generator.safetensors", d / "oracle", tmp_path / "dir.zarr",
                           tmp_path / "out", tmp_path / "m.json")
     # a one-epoch width-4 oracle measures little: its weak factors are flagged

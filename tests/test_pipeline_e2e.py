@@ -28,6 +28,7 @@ TINY = {"device": "cpu",
                   "steps": 4, "batch_size": 4, "snapshot_steps": 2, "n_eval": 8, "eval_batch": 8,
                   "panel_images": 2},
         "evaluate": {"n_samples": 64, "edit_samples": 8, "peers_k": 2, "batch_size": 64},
+        "factorize": {"components": 4, "iters": 10, "edit_components": 1, "edit_steps": 3, "min_norm": 0.0},
         "flow": {"max_parallel": 2}}  # independent tiny stages run concurrently
 # every stage dvc.yaml declares (TINY must keep them all tiny)
 STAGES = tuple(yaml.safe_load((Path(__file__).resolve().parent.parent / "dvc.yaml").read_text())["stages"])
@@ -102,6 +103,11 @@ def test_dvc_repro_then_flow_then_param_change(tiny_repo):
     assert recon["steps"] == 4 and {"side", "mad_deg", "yaw_mae_deg", "yaw_mae_extreme_deg"} <= set(recon)
     evaluation = json.loads((root / "data" / "metrics" / "evaluate.json").read_text())
     assert len(evaluation["table2"]) == 14 and set(evaluation["peers"]) == {"ours", "ganspace", "sefa", "interfacegan"}
+    fact = json.loads((root / "data" / "metrics" / "factorize.json").read_text())
+    assert fact["kept"] == 4 and open_store(root / "data" / "components.zarr")["unit"].shape == (4, 16)
+    clusters = json.loads((root / "data" / "metrics" / "cluster.json").read_text())
+    assert clusters["n_clusters"] == 3 and 0 < clusters["purity"] <= 1
+    assert set(evaluation["components"]) == {"comp00", "comp01", "comp02", "comp03"}
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(STAGES)
 
