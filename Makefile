@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test bench clean-venv
+.PHONY: install browser run test bench clean-venv
 
 install: $(VENV)/.installed
 
@@ -31,8 +31,14 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 run: install
 	$(VENV)/bin/facesem run
 
-test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+# The report's test opens data/report/index.html in a real headless browser: Debian's chromium.
+browser:
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium (the report's browser test)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
+	FACESEM_REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
 	$(PY) benchmarks/renderer.py

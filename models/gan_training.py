@@ -141,6 +141,8 @@ class GANTrainer:
             else:
                 generator.seed()
         self.generator = generator
+        self.grad_hook = None  # called with each optimizer before its step (data-parallel averaging)
+        self.world_size = 1    # data-parallel ranks: each step shows batch x world_size images in all
         self.step_count = 0  # number of completed step() calls (= minibatch index)
         self.nimg = 0  # real images shown to D so far
         self.pl_mean = torch.zeros([], device=self.device)
@@ -326,6 +328,8 @@ class GANTrainer:
         def timed(name: str, phase, optimizer, *args) -> None:
             t0 = self._clock()
             stats.update(phase(*args))
+            if self.grad_hook is not None:
+                self.grad_hook(optimizer)  # e.g. average gradients over data-parallel ranks
             optimizer.step()
             stats[f"time_{name}"] = self._clock() - t0
 
@@ -336,13 +340,13 @@ class GANTrainer:
         if run_r1:
             timed("D_r1", self.d_r1_phase, self.opt_D, real)
         t0 = self._clock()
-        stats["ema_beta"] = self.update_ema(batch)
+        stats["ema_beta"] = self.update_ema(batch * self.world_size)  # EMA half-life in global images
         stats["time_ema"] = self._clock() - t0
 
         self.G.requires_grad_(True)
         self.D.requires_grad_(True)
         self.step_count += 1
-        self.nimg += batch
+        self.nimg += batch * self.world_size
         stats.update(
             ran_pl=float(run_pl), ran_r1=float(run_r1), step=float(self.step_count), nimg=float(self.nimg)
         )

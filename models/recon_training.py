@@ -254,6 +254,7 @@ class ReconTrainer:
         self.yaw = YawTracker(yaw_buffer, yaw_momentum, yaw_ridge, yaw_min_samples)
         self.generator = torch.Generator().manual_seed(seed)  # CPU: derangements, augmentation draws
         self.steps = 0
+        self.grad_hook = None  # called with the optimizer before each step (data-parallel averaging)
 
     @property
     def device(self) -> torch.device:
@@ -298,6 +299,8 @@ class ReconTrainer:
             if p.grad is not None and not torch.isfinite(p.grad).all():
                 self.optimizer.zero_grad(set_to_none=True)
                 raise FloatingPointError(f"non-finite gradient of loss 'total' w.r.t. {name} at step {self.steps}")
+        if self.grad_hook is not None:
+            self.grad_hook(self.optimizer)  # e.g. average gradients over data-parallel ranks
         self.optimizer.step()
         self.steps += 1
         if self.yaw_augment and w is not None:

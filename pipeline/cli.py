@@ -1,8 +1,10 @@
 """`facesem`: run the pipeline, one stage, look into artifacts.
 
     facesem run [--target STAGE ...] [--force]   the Prefect flow over dvc.yaml's DAG
+    facesem serve --cron "0 3 * * *" [--dry-run] the same flow on a schedule (PREFECT_API_URL's server)
     facesem stage NAME [--force]                 one stage through DVC (dvc repro --single-item)
-    facesem inspect [ARTIFACT]                   artifacts: shape, dtype, chunks, size, provenance
+    facesem inspect [ARTIFACT[/ARRAY]] [--rev REV] [--export OUT] | --diff REV1 REV2
+                                                 artifacts: shape, dtype, chunks, size, provenance, statistics
     facesem dag                                  the stages and their upstream, from dvc.yaml
     facesem params                               validate params.yaml and print it resolved
     facesem edit --direction yaw --seeds 0,1,2 --scales -3:3:7 --out grid.png
@@ -30,6 +32,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from pipeline.flow import build_deployment, describe_deployment
+
+    os.chdir(project_root())  # served runs start here; the entrypoint is relative to it
+    deployment = build_deployment(name=args.name, cron=args.cron, interval=args.interval,
+                                  timezone=args.timezone, targets=args.target, force=args.force)
+    print(describe_deployment(deployment), flush=True)
+    if args.dry_run:
+        print("dry run: nothing was sent to a server")
+        return 0
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # the temporary server has no scheduler: nothing would run
+        raise RuntimeError("serving needs a Prefect server: start one (`prefect server start`) and "
+                           "export PREFECT_API_URL=http://127.0.0.1:4200/api, or point it at a "
+                           "shared server (docs/operations.md)")
+    serve(deployment, limit=args.limit)  # until Ctrl-C, which pauses the schedule
+    return 0
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     from pipeline.flow import dvc_command, stage_environment
 
@@ -38,26 +63,23 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from pipeline.artifacts import summarize
+    from pipeline import inspection as insp
 
     root = project_root()
-    paths = [Path(args.artifact)] if args.artifact else sorted((root / "data").glob("*.zarr"))
-    if not paths:
-        print("no artifacts under data/ yet: run `facesem run`")
+    if args.diff:
+        if args.rev or args.export:
+            raise ValueError("--diff REV1 REV2 takes neither --rev nor --export")
+        print(insp.diff_text(insp.diff(root, *args.diff, address=args.artifact)))
         return 0
-    rows = []
-    for path in paths:
-        path = path if path.is_absolute() or path.exists() else root / path
-        if not path.exists():
-            print(f"error: artifact {path} does not exist", file=sys.stderr)
-            return 2
-        rows.extend(summarize(path))
-    table = pd.DataFrame(rows)
-    table["stored_mb"] = (table.pop("stored_bytes") / 2**20).round(2)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table.to_string(index=False))
+    source = insp.open_source(root, args.rev)
+    if args.export:
+        if not args.artifact:
+            raise ValueError("--export needs ARTIFACT/ARRAY, e.g. `facesem inspect faces/images --export faces.png`")
+        print(insp.export(source, args.artifact, args.export, rows=args.rows, zoom=args.zoom))
+    elif args.artifact:
+        print(insp.summary_text(source, args.artifact))
+    else:
+        print(insp.listing_text(source))
     return 0
 
 
@@ -105,12 +127,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", action="append", help="only this stage and its upstream (repeatable)")
     p.add_argument("--force", action="store_true", help="re-run stages even if up to date")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("serve", help="serve the flow on a schedule (the Prefect server of PREFECT_API_URL)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--cron", help='a cron expression, e.g. "0 3 * * *" (every day at 03:00)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="or a run every SECONDS")
+    p.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule (default: UTC)")
+    p.add_argument("--name", default="scheduled", help="deployment name: facesem/NAME (default: scheduled)")
+    p.add_argument("--target", action="append", help="only this stage and its upstream (repeatable)")
+    p.add_argument("--force", action="store_true", help="re-run stages even if up to date")
+    p.add_argument("--limit", type=int, default=1,
+                   help="flow runs at once (default 1: a run that comes due while one runs waits)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the deployment and print it (name, entrypoint, schedule, parameters) "
+                        "without contacting a server")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("stage", help="run one stage through DVC")
     p.add_argument("name")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_stage)
-    p = sub.add_parser("inspect", help="list artifacts (shape, dtype, chunks, size, provenance)")
-    p.add_argument("artifact", nargs="?", help="path of one .zarr store (default: all under data/)")
+    p = sub.add_parser("inspect", help="list artifacts (shape, dtype, chunks, size, provenance); "
+                                       "summarize or export one at any git rev / dvc exp; diff two revs")
+    p.add_argument("artifact", nargs="?", help="ARTIFACT[/ARRAY]: faces, faces/images, data/faces.zarr/gt/depth "
+                                               "(default: list all under data/)")
+    p.add_argument("--rev", help="a git revision or `dvc exp` name, read through DVC without a checkout "
+                                 "(default: the work tree)")
+    p.add_argument("--export", metavar="OUT", help="OUT.png: a grid of uint8 [N, 3, H, W] images; "
+                                                   "OUT.csv: the rows of a 1-D or 2-D array")
+    p.add_argument("--rows", type=int, help="rows exported (default: 16 images, every row of a CSV)")
+    p.add_argument("--zoom", type=int, default=1, help="nearest-neighbour upscaling of an exported PNG")
+    p.add_argument("--diff", nargs=2, metavar=("REV1", "REV2"),
+                   help="compare params, metrics and array statistics of two revisions ('workspace': the work tree)")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("dag", help="print the stages and their upstream stages (from dvc.yaml)")
     p.set_defaults(func=cmd_dag)

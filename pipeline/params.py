@@ -8,10 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 
 class Section(BaseModel):
@@ -176,11 +176,60 @@ class ClusterParams(Section):
     distance: float | None = Field(None, gt=0)   # cut the dendrogram at this height instead
 
 
+class ReportParams(Section):
+    """Stage `report`: data/report/index.html (univariate edit rows drawn here, Fig. 1/4)."""
+    directions: list[str] = ["yaw", "pitch", "roll", "light_x", "light_y", "tz"]  # rows of the edit figure
+    seeds: list[int] = [0, 1]                    # faces edited per direction
+    scale: float = Field(3.0, gt=0)              # s in [-scale, scale]
+    steps: int = Field(7, ge=2)
+
+
 class FlowParams(Section):
-    """Orchestration (Prefect): parallelism and retries of stages."""
+    """Orchestration (Prefect): parallelism, retries and timeouts of stages.
+
+    `stage_retries` / `stage_timeouts` override `retries` / `timeout_s` for the stages they
+    name; every name must be a stage of dvc.yaml (checked against the `stages` of the
+    validation context when given, else against the project's dvc.yaml).
+    """
     max_parallel: int = Field(1, ge=1, le=64)    # independent stages run at once (task runner workers)
     retries: int = Field(0, ge=0, le=10)
     retry_delay_s: float = Field(5.0, ge=0.0)
+    timeout_s: float | None = Field(None, gt=0)  # wall-clock limit of one attempt of a stage; None = none
+    stage_retries: dict[str, Annotated[int, Field(ge=0, le=10)]] = {}
+    stage_timeouts: dict[str, Annotated[float, Field(gt=0)] | None] = {}  # None: no limit for that stage
+    task_runner: Literal["threads", "dask"] = "threads"  # dask: a local Dask cluster (prefect-dask)
+    dask_workers: int = Field(2, ge=1, le=256)   # worker processes of that cluster
+    shards: int = Field(1, ge=1, le=4096)        # >1: sample_latents and decompose run as this many shard tasks
+
+    @field_validator("stage_retries", "stage_timeouts")
+    @classmethod
+    def _known_stages(cls, value: dict, info: ValidationInfo) -> dict:
+        if not value:
+            return value
+        stages = (info.context or {}).get("stages")
+        if stages is None:
+            stages = _dvc_yaml_stages()
+        unknown = [name for name in value
+                   if name not in stages and name.split("@", 1)[0] not in stages]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml declares {sorted(stages)}")
+        return value
+
+    def retries_for(self, stage: str) -> int:
+        return self.stage_retries.get(stage, self.retries)
+
+    def timeout_for(self, stage: str) -> float | None:
+        return self.stage_timeouts.get(stage, self.timeout_s)
+
+
+def _dvc_yaml_stages() -> list[str]:
+    """Stage names of the project's dvc.yaml (foreach/matrix stages by their base name)."""
+    from pipeline.env import project_root
+
+    path = project_root() / "dvc.yaml"
+    if not path.is_file():
+        raise ValueError(f"{path} not found: cannot check stage names")
+    return list((yaml.safe_load(path.read_text()) or {}).get("stages") or {})
 
 
 class Params(Section):
@@ -195,6 +244,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     factorize: FactorizeParams = FactorizeParams()
     cluster: ClusterParams = ClusterParams()
+    report: ReportParams = ReportParams()
     flow: FlowParams = FlowParams()
 
     def section_hash(self, *names: str) -> str:

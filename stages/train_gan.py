@@ -27,6 +27,7 @@ from pipeline.artifacts import open_store, write_json
 from pipeline.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.datasets import load_images, resize_uint8, to_unit
 from pipeline.device import select_device
+from pipeline.distributed import World, average_gradients, barrier, broadcast_parameters, setup, teardown
 from pipeline.generators import build_stylegan, load_generator, stylegan_config
 from pipeline.inception import FEATURE_SPACE, inception_features
 from pipeline.images import save_grid, to_uint8
@@ -136,15 +137,22 @@ def initial_state(params: Params, G, D, faces_hash: str) -> None:
     log.info("initialised from %s (%s kimg)", init, meta.get("kimg"))
 
 
-def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path) -> dict:
-    gan, device = params.gan, select_device(params.device)
+def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: World | None = None) -> dict:
+    """Train (or resume) StyleGAN2; under torchrun every rank trains on batch_size / world images
+    per step with averaged gradients (pipeline/distributed.py) and rank 0 alone writes."""
+    world = world or World(0, 1, select_device(params.device))
+    gan, device = params.gan, world.device
+    if gan.batch_size % world.size:
+        raise ValueError(f"gan.batch_size {gan.batch_size} must be divisible by the {world.size} ranks")
+    rank_batch = gan.batch_size // world.size
     reals, faces_attrs = load_images(faces, gan.resolution)
     run_hash = trajectory_hash(params) + "-" + faces_attrs["params_hash"]
     config = stylegan_config(gan)
     G, D = build_stylegan(config)
     initial_state(params, G, D, faces_attrs["params_hash"])
     G, D = G.to(device), D.to(device)
-    trainer = GANTrainer(G, D, batch_size=gan.batch_size, lr=gan.lr, r1_gamma=gan.r1_gamma,
+    broadcast_parameters(G, D)  # identical replicas (no-op in one process)
+    trainer = GANTrainer(G, D, batch_size=rank_batch, lr=gan.lr, r1_gamma=gan.r1_gamma,
                          r1_interval=gan.r1_interval, pl_weight=gan.pl_weight,
                          pl_interval=gan.pl_interval, style_mixing_prob=gan.style_mixing_prob,
                          ema_kimg=gan.ema_kimg, decorr_weight=gan.decorr_weight,
@@ -159,8 +167,13 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path) -> dict:
         sampler.set_state(state["sampler"])
         shown = int(meta["shown"])
         log.info("resuming from %s (%.1f kimg of %.1f)", latest.name, shown / 1000, gan.kimg)
-    elif run_dir.exists():
+    elif run_dir.exists() and world.main:
         shutil.rmtree(run_dir)  # another run's state: start clean
+    if world.size > 1:  # each rank its own stream of reals, latents and noise, resumable from the step
+        trainer.seed(gan.seed + 1_000_003 * world.rank + trainer.step_count)
+        sampler.manual_seed(gan.seed + 1_000_003 * world.rank + trainer.step_count + 1)
+        trainer.grad_hook, trainer.world_size = average_gradients, world.size
+    barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = _read_curves(curves, max_kimg=shown / 1000)
     z_grid = grid_latents(params, gan.z_dim, device)
@@ -185,9 +198,9 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path) -> dict:
     total, next_snap, t0, n0 = int(gan.kimg * 1000), 0.0, time.perf_counter(), shown
     next_snap = (math.floor(shown / 1000 / gan.snapshot_kimg) + 1) * gan.snapshot_kimg
     last: dict[str, float] = {}  # newest value of every stat (lazy regularizers report rarely)
-    with tqdm(total=total, initial=shown, desc="train_gan", unit="img", unit_scale=True) as bar:
+    with tqdm(total=total, initial=shown, desc="train_gan", unit="img", unit_scale=True, disable=not world.main) as bar:
         while shown < total:
-            idx = torch.randint(0, len(reals), (gan.batch_size,), generator=sampler)
+            idx = torch.randint(0, len(reals), (rank_batch,), generator=sampler)
             try:
                 stats = trainer.step(to_unit(reals[idx]).to(device))
             except FloatingPointError as err:
@@ -204,10 +217,13 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path) -> dict:
                 rows.append(row)
                 bar.set_postfix(G=row["loss_G"], D=row["loss_D"], rho=row["mean_abs_rho"])
             if shown / 1000 >= next_snap or shown >= total:
-                snapshot()
+                if world.main:
+                    snapshot()
                 next_snap += gan.snapshot_kimg
-    if not latest_checkpoint(ckpt_dir):
+    if world.main and not latest_checkpoint(ckpt_dir):
         snapshot()  # kimg = 0: still export something loadable
+    if not world.main:
+        return {}
     G_ema, D = trainer.G_ema, trainer.D
     export_state = {"G_ema": {k: v.half() for k, v in G_ema.state_dict().items()},
                     "D": {k: v.half() for k, v in D.state_dict().items()}}
@@ -218,7 +234,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path) -> dict:
                      samples, gan.grid)
     gen = load_generator(weights, device)
     speed = (shown - n0) / max(time.perf_counter() - t0, 1e-9)
-    return {"kind": "stylegan2", "kimg": round(trainer.nimg / 1000, 3), "img_per_s": round(speed, 2),
+    return {"kind": "stylegan2", "kimg": round(shown / 1000, 3), "img_per_s": round(speed, 2), "ranks": world.size,
             **w_statistics(gen, gan.metric_samples, gan.seed, device),
             **quality_metrics(gen, reals, params, device)}
 
@@ -240,16 +256,26 @@ def _write_curves(path: Path, rows: list[dict]) -> None:
 
 
 def run(params: Params, faces: Path, out: Path, run_dir: Path, metrics: Path) -> dict:
+    """Train or build the generator; under torchrun (WORLD_SIZE > 1) data-parallel, rank 0 writing."""
     torch.manual_seed(params.gan.seed)
     start = time.perf_counter()
-    if params.gan.kind == "linear":
-        run_dir.mkdir(parents=True, exist_ok=True)  # nothing to resume; DVC expects the folder
-        result = run_linear(params, faces, out)
-    else:
-        result = run_stylegan(params, faces, out, run_dir)
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(metrics, result)
-    return result
+    world = setup(select_device(params.device))
+    try:
+        if params.gan.kind == "linear":
+            if not world.main:
+                return {}
+            run_dir.mkdir(parents=True, exist_ok=True)  # nothing to resume; DVC expects the folder
+            result = run_linear(params, faces, out)
+        else:
+            result = run_stylegan(params, faces, out, run_dir, world)
+            if not world.main:
+                return result
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        write_json(metrics, result)
+        return result
+    finally:
+        barrier()
+        teardown()
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from pipeline.artifacts import open_store, write_json
 from pipeline.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.datasets import load_images, to_unit
 from pipeline.device import select_device
+from pipeline.distributed import World, average_gradients, barrier, broadcast_parameters, setup, teardown
 from pipeline.generators import load_generator
 from pipeline.images import save_grid
 from pipeline.params import Params
@@ -96,10 +97,16 @@ def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
                         yaw_scale=rc.yaw_scale, yaw_fraction=rc.yaw_fraction, seed=rc.seed)
 
 
-def train(params: Params, batches: Batches, run_dir: Path, device) -> tuple[ReconTrainer, dict]:
-    """Train to recon.steps, resuming from run_dir's newest matching checkpoint."""
+def train(params: Params, batches: Batches, run_dir: Path, device, world: World | None = None
+          ) -> tuple[ReconTrainer, dict]:
+    """Train to recon.steps, resuming from run_dir's newest matching checkpoint. Under torchrun
+    each rank trains on batch_size / world images per step with averaged gradients; rank 0 writes."""
     rc = params.recon
+    world = world or World(0, 1, device)
+    if rc.batch_size % world.size:
+        raise ValueError(f"recon.batch_size {rc.batch_size} must be divisible by the {world.size} ranks")
     trainer = build_trainer(params, batches, device)
+    broadcast_parameters(trainer.decomposer)
     run_hash = trajectory_hash(params, batches.source_id)
     ckpt_dir, curves = run_dir / "checkpoints", run_dir / "curves.csv"
     latest = latest_checkpoint(ckpt_dir)
@@ -108,8 +115,14 @@ def train(params: Params, batches: Batches, run_dir: Path, device) -> tuple[Reco
         trainer.load_state_dict(state["trainer"])
         batches.sampler.set_state(state["sampler"])
         log.info("resuming from %s (step %d of %d)", latest.name, trainer.steps, rc.steps)
-    elif run_dir.exists():
+    elif run_dir.exists() and world.main:
         shutil.rmtree(run_dir)  # another run's state: start clean
+    if world.size > 1:  # each rank its own slice of the batch and random streams, resumable from the step
+        batches.batch = rc.batch_size // world.size
+        batches.sampler.manual_seed(rc.seed + 1_000_003 * world.rank + trainer.steps)
+        trainer.generator.manual_seed(rc.seed + 1_000_003 * world.rank + trainer.steps + 1)
+        trainer.grad_hook = average_gradients
+    barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = _read_curves(curves, trainer.steps)
     meta = {"run_hash": run_hash, "train_on": rc.train_on, "source_id": batches.source_id,
@@ -126,7 +139,7 @@ def train(params: Params, batches: Batches, run_dir: Path, device) -> tuple[Reco
         _write_curves(curves, rows)
 
     t0, s0, seen = time.perf_counter(), trainer.steps, 0
-    with tqdm(total=rc.steps, initial=trainer.steps, desc="train_recon", unit="step") as bar:
+    with tqdm(total=rc.steps, initial=trainer.steps, desc="train_recon", unit="step", disable=not world.main) as bar:
         while trainer.steps < rc.steps:
             images, w = batches()
             try:
@@ -141,12 +154,13 @@ def train(params: Params, batches: Batches, run_dir: Path, device) -> tuple[Reco
                 rows.append({"step": trainer.steps, "yaw_updates": trainer.yaw.updates, "img_per_s": round(speed, 2),
                              **{k: round(stats.get(k, float("nan")), 5) for k in CURVE_KEYS[1:5]}})
                 bar.set_postfix(loss=f"{stats['total']:.3f}", img_s=f"{speed:.0f}")
-            if trainer.steps % rc.snapshot_steps == 0 or trainer.steps == rc.steps:
+            if world.main and (trainer.steps % rc.snapshot_steps == 0 or trainer.steps == rc.steps):
                 snapshot()
-    if trainer.steps == s0 and latest_checkpoint(ckpt_dir) is None:
+    if world.main and trainer.steps == s0 and latest_checkpoint(ckpt_dir) is None:
         snapshot()  # steps = 0: still leave a loadable state
-    speed = seen / max(time.perf_counter() - t0, 1e-9)
-    return trainer, {"steps": trainer.steps, "img_per_s": round(speed, 2) if seen else None, **meta}
+    speed = seen * world.size / max(time.perf_counter() - t0, 1e-9)
+    return trainer, {"steps": trainer.steps, "img_per_s": round(speed, 2) if seen else None, "ranks": world.size,
+                     **meta}
 
 
 def _read_curves(path: Path, max_step: int) -> list[dict]:
@@ -177,17 +191,24 @@ def export(out: Path, trainer: ReconTrainer, batches: Batches, meta: dict, per_f
 
 def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, metrics: Path) -> dict:
     start, rc = time.perf_counter(), params.recon
-    device = select_device(params.device)
+    world = setup(select_device(params.device))
+    device = world.device
     if rc.train_on == "faces":
         open_store(faces)  # a clear error when missing or incomplete
     batches = Batches(params, generator, faces, device)
-    trainer, info = train(params, batches, run_dir, device)
+    try:
+        trainer, info = train(params, batches, run_dir, device, world)
+    finally:
+        barrier()
+        teardown()
+    if not world.main:
+        return {}
     summary, per_face = evaluate(trainer.decomposer, params, device)
     meta = {**info, "config": decomposer_config(rc).to_dict(), "semantic_names": list(SEMANTIC_NAMES),
         "device": str(device), "torch": torch.__version__}
     title = f"train_on={rc.train_on} swap={rc.swap_prob:g} yaw_aug={rc.yaw_augment and rc.train_on == 'generator'}"
     export(out, trainer, batches, meta, per_face, title)
-    result = {**summary, "steps": info["steps"], "img_per_s": info["img_per_s"], "train_on": rc.train_on,
+    result = {**summary, "steps": info["steps"], "img_per_s": info["img_per_s"], "ranks": info["ranks"], "train_on": rc.train_on,
               "swap_prob": rc.swap_prob, "yaw_augment": bool(rc.yaw_augment and rc.train_on == "generator"),
               "yaw_updates": trainer.yaw.updates, "seconds": round(time.perf_counter() - start, 1)}
     write_json(metrics, result)

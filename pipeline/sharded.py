@@ -1,0 +1,71 @@
+"""Shardable stages split over a task runner's workers (a Dask cluster: `flow.task_runner: dask`).
+
+`sample_latents` and `decompose` write chunks of one Zarr store independently
+(`pipeline/sharding.py`): the flow runs the stage's dvc.yaml command with `--prepare`, then
+`--shard i/n` for i < n as separate tasks (on any worker; each writes a disjoint region), then
+`--finalize` (checks every chunk, marks the store complete), then `dvc commit` so that DVC
+records the outputs exactly as if `dvc repro` had run the stage. The result equals the
+single-process store (each chunk draws from a seed of its own).
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import yaml
+from prefect import task
+from prefect.states import Completed
+
+SHARDABLE = ("sample_latents", "decompose")
+
+
+def stage_command(root: Path, name: str) -> list[str]:
+    """The stage's `cmd` from dvc.yaml as an argument list."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    if name not in stages:
+        raise KeyError(f"stage {name!r} is not in {root / 'dvc.yaml'}")
+    return shlex.split(stages[name]["cmd"])
+
+
+def _call(cmd: list[str], root: Path, env: dict[str, str], what: str) -> None:
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+
+
+@task(name="shard")
+def run_part(name: str, root: str, part: str, env: dict[str, str], force: bool = False, prepared: str = "") -> str:
+    """One part of a sharded stage: part is 'prepare', 'i/n' or 'finalize'. `prepare` first asks
+    DVC whether the stage is up to date and returns 'cached' if so; the later parts receive
+    that result (`prepared`) and then do nothing."""
+    if prepared == "cached":
+        return "cached"
+    if part == "prepare" and not force:
+        from pipeline.flow import stage_is_current  # noqa: PLC0415 (flow imports this module)
+        if stage_is_current(name, Path(root)):
+            return "cached"
+    flag = ["--shard", part] if "/" in part else [f"--{part}"]
+    _call(stage_command(Path(root), name) + flag, Path(root), env, f"{name} {part}")
+    return f"{name} {part}"
+
+
+@task(name="commit")
+def commit_stage(name: str, root: str, dvc: list[str], env: dict[str, str], prepared: str = ""):
+    """Record the stage's deps and outs in dvc.lock (what `dvc repro` would have written)."""
+    if prepared == "cached":
+        return Completed(name="Cached", message=f"{name}: up to date")
+    _call([*dvc, "commit", "--force", name], Path(root), env, f"dvc commit {name}")
+    return f"{name}: ran in shards"
+
+
+def submit_sharded(name: str, root: str, shards: int, wait_for: list, dvc: list[str], env: dict[str, str],
+                   force: bool = False):
+    """Submit prepare -> `shards` shard tasks -> finalize -> dvc commit; returns the commit task's future."""
+    prepared = run_part.with_options(task_run_name=f"{name}-prepare").submit(name, root, "prepare", env, force,
+                                                                                wait_for=wait_for)
+    parts = [run_part.with_options(task_run_name=f"{name}-{i}of{shards}").submit(
+        name, root, f"{i}/{shards}", env, force, prepared) for i in range(shards)]
+    final = run_part.with_options(task_run_name=f"{name}-finalize").submit(name, root, "finalize", env, force,
+                                                                            prepared, wait_for=parts)
+    return commit_stage.with_options(task_run_name=name).submit(name, root, dvc, env, prepared, wait_for=[final])

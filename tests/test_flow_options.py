@@ -1,0 +1,176 @@
+"""params.yaml's `flow` section: per-stage retries and time limits, validated against dvc.yaml,
+and what they do in the Prefect flow: a stage past its limit is stopped with every process
+it started, shows as TimedOut (after its retries), and a rerun continues from the cached stages."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from pipeline.env import environment_defaults
+from pipeline.flow import stop_process_tree
+from pipeline.params import Params, ParamsError, load_params, parse_params
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# ---- validation -----------------------------------------------------------------------------
+
+def test_flow_overrides_resolve_per_stage():
+    flow = parse_params({"flow": {"retries": 1, "timeout_s": 3600,
+                                  "stage_retries": {"train_gan": 3},
+                                  "stage_timeouts": {"faces": 60, "preview": None}}}).flow
+    assert flow.retries_for("train_gan") == 3 and flow.retries_for("faces") == 1
+    assert flow.timeout_for("faces") == 60 and flow.timeout_for("train_gan") == 3600
+    assert flow.timeout_for("preview") is None  # null: no limit for that stage
+    defaults = parse_params({}).flow
+    assert defaults.timeout_s is None and defaults.stage_retries == {} and defaults.stage_timeouts == {}
+    assert defaults.timeout_for("faces") is None and defaults.retries_for("faces") == 0
+
+
+@pytest.mark.parametrize("flow, fragments", [
+    ({"stage_retries": {"train_gna": 2}}, ["flow.stage_retries", "train_gna", "train_gan"]),
+    ({"stage_timeouts": {"nope": 5}}, ["flow.stage_timeouts", "nope", "faces"]),
+    ({"stage_timeouts": {"faces": 0}}, ["flow.stage_timeouts.faces", "greater than 0"]),
+    ({"stage_retries": {"faces": 11}}, ["flow.stage_retries.faces", "less than or equal to 10"]),
+    ({"stage_retries": {"faces": "x"}}, ["flow.stage_retries.faces", "'x'"]),
+    ({"timeout_s": -1}, ["flow.timeout_s", "greater than 0"]),
+    ({"timeouts": 5}, ["flow.timeouts", "unknown key", "stage_timeouts"]),
+])
+def test_bad_flow_params_name_the_key(flow, fragments):
+    with pytest.raises(ParamsError) as info:
+        parse_params({"flow": flow})
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_stage_names_come_from_the_context_or_the_projects_dvc_yaml(tmp_path, monkeypatch):
+    raw = {"flow": {"stage_retries": {"only": 1}}}
+    assert Params.model_validate(raw, context={"stages": ["only"]}).flow.retries_for("only") == 1
+    # foreach / matrix stages are addressed as name@key
+    Params.model_validate({"flow": {"stage_timeouts": {"only@a": 2}}}, context={"stages": ["only"]})
+    with pytest.raises(ValueError, match="unknown stage"):
+        Params.model_validate(raw, context={"stages": ["other"]})
+    # without a context: the dvc.yaml of the project the process works in
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"only": {"cmd": "true"}}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    assert load_params(tmp_path / "params.yaml").flow.stage_retries == {"only": 1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"flow": {"stage_retries": {"faces": 1}}}))
+    with pytest.raises(ParamsError, match=r"flow\.stage_retries.*unknown stage.*'faces'.*\['only'\]"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_shipped_flow_section_is_complete_and_valid():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())["flow"]
+    assert {"timeout_s", "stage_retries", "stage_timeouts"} <= set(raw)
+    load_params(REPO / "params.yaml")
+
+
+# ---- stopping a stage's processes -----------------------------------------------------------
+
+_TREE = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", {child!r}])
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+@pytest.mark.parametrize("ignore_term", [False, True])
+def test_stop_process_tree_leaves_nothing_running(ignore_term):
+    """dvc -> stage command, modelled by a parent and its sleeping child: both end, the child
+    first; a child that ignores SIGTERM is killed after the grace period."""
+    child = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+             if ignore_term else "import time; time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", _TREE.format(child=child)],
+                            stdout=subprocess.PIPE, text=True)
+    grandchild = int(proc.stdout.readline())
+    time.sleep(0.3)  # the child has set up its signal handler
+    t0 = time.monotonic()
+    signalled = stop_process_tree(proc, grace_s=1.5)
+    assert time.monotonic() - t0 < 10
+    assert grandchild in signalled
+    assert proc.returncode is not None and not _running(grandchild)
+    proc.stdout.close()
+
+
+# ---- in the flow ----------------------------------------------------------------------------
+
+SLOW = ('import os, time; open("slow.pids", "a").write(f"{os.getpid()}\\n"); '
+        'time.sleep(float(os.environ.get("SLOW_S", "60"))); open("slow.txt", "w").write("done")')
+DVC_YAML = {"stages": {
+    "quick": {"cmd": "python -c 'open(\"quick.txt\", \"w\").write(\"done\")'", "outs": ["quick.txt"]},
+    "slow": {"cmd": f"python -c '{SLOW}'", "deps": ["quick.txt"], "outs": ["slow.txt"]},
+    "after": {"cmd": "python -c 'open(\"after.txt\", \"w\").write(\"done\")'", "deps": ["slow.txt"],
+              "outs": ["after.txt"]},
+}}
+
+
+def _tool_env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_"))}
+    env.update(environment_defaults(root))  # PREFECT_HOME and DVC state inside root, no telemetry
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(REPO)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _processes_in(root: Path) -> list[str]:
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.pid != os.getpid() and Path(p.cwd()) == root and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(f"{p.pid}: {' '.join(p.info['cmdline'] or [])}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_timeout_stops_the_stage_then_a_rerun_continues_from_the_cache(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(
+        {"flow": {"retry_delay_s": 0, "stage_retries": {"slow": 1}, "stage_timeouts": {"slow": 2}}}))
+    env = _tool_env(root)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
+    run = [sys.executable, "-m", "pipeline.cli", "run"]
+
+    t0 = time.monotonic()
+    first = subprocess.run(run, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - t0
+    out = first.stdout + first.stderr
+    assert first.returncode == 2, out[-3000:]
+    assert elapsed < 45, f"the 60 s stage was not stopped ({elapsed:.0f} s)"
+    assert "slow: TimedOut" in out and "ran past its time limit of 2 s" in out, out[-3000:]
+    assert "after: not run" in out
+    assert "Retry 1/1" in out  # flow.stage_retries.slow: a second attempt, limited too
+    pids = [int(x) for x in (root / "slow.pids").read_text().split()]
+    assert len(pids) == 2
+    assert not [pid for pid in pids if _running(pid)], "a timed-out stage command is still running"
+    assert _processes_in(root) == []  # no dvc repro left behind either
+    assert (root / "quick.txt").exists() and not (root / "slow.txt").exists()
+
+    # the stage is fast now (same command: DVC sees the same stage); quick comes from the cache
+    env["SLOW_S"] = "0"
+    second = subprocess.run(run, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    states = dict(line.split() for line in second.stdout.strip().splitlines()[-3:])
+    assert states == {"quick": "Cached", "slow": "Completed", "after": "Completed"}
+    assert (root / "after.txt").read_text() == "done"
+    assert (root / ".prefect").is_dir()  # Prefect kept its state in the temporary repo
