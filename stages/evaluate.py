@@ -123,6 +123,8 @@ def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out
         "edit": {d: {"target_std_per_s": round(float(edit[i, i]), 4),
                      "leakage_std_per_s": round(float(edit[i][off[i]].abs().mean()), 4)}
                  for i, d in enumerate(names)},
+        "generated_pose_std_deg": {n: round(float(y[:, names.index(n)].std()), 3) for n in ("yaw", "pitch", "roll")
+                                   if n in names},  # spread of the generations' pose (oracle); data: faces.json
         "n_samples": ev.n_samples, "generator_kind": gen.kind,
         "space": "Pearson r over fresh samples of w . v_hat against oracle-measured semantics of G(w)",
     }

@@ -87,6 +87,9 @@ def test_evaluate_scores_the_true_directions_as_perfect(linear_setup, tmp_path, 
     table = pd.read_csv(tmp_path / "out" / "table2.csv", index_col="direction")
     assert table.loc["yaw", "yaw"] > 0.999 and "oracle_flag" in table.columns
     assert "components" not in result  # no components store given
+    # the generations' pose spread: yaw = f0 + scale * (w . d) with w ~ N(0, I), so std ~ scale (400 samples)
+    yaw_scale = float(gen.net.scale[face_model.FACTOR_INDEX["yaw"]])
+    assert result["generated_pose_std_deg"]["yaw"] == pytest.approx(yaw_scale, rel=0.15)
     assert (tmp_path / "out" / "peers.csv").is_file() and (tmp_path / "out" / "edit.csv").is_file()
 
 
