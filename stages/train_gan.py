@@ -129,6 +129,11 @@ def initial_state(params: Params, G, D, faces_hash: str) -> None:
     if init == "scratch":
         return
     state, meta = load_checkpoint(Path(init))
+    wanted = stylegan_config(params.gan)
+    if meta.get("config") != wanted or "G_ema" not in state or "D" not in state:
+        raise ValueError(f"gan.init {init} holds a generator with config {meta.get('config')} "
+                         f"(keys {sorted(state)}); params ask for {wanted}: match the gan section to it, "
+                         "or set gan.init: scratch")
     if meta.get("faces_params_hash") not in (None, faces_hash):
         log.warning("gan.init %s was trained on faces data with params hash %s; today's data has %s",
                     init, meta.get("faces_params_hash"), faces_hash)

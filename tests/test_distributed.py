@@ -75,7 +75,7 @@ def test_torchrun_trains_the_gan_stage_with_two_ranks(repo_root, tmp_path):
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(n_images=32, resolution=32, n_eval=4, chunk=16, batch_size=16)
-    raw["gan"].update(kimg=0.016, snapshot_kimg=0.008, batch_size=4, decorr_batch_size=16, channel_base=64,
+    raw["gan"].update(init="scratch", kimg=0.016, snapshot_kimg=0.008, batch_size=4, decorr_batch_size=16, channel_base=64,
                       channel_max=8, mapping_layers=1, z_dim=8, w_dim=8, resolution=8, grid=2, metric_samples=64,
                       fid_samples=0, ppl_samples=0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))

@@ -18,7 +18,7 @@ def tiny(repo_root, **gan):
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(n_images=64, resolution=32, n_eval=4, chunk=32, batch_size=32)
-    raw["gan"].update(kimg=0.064, snapshot_kimg=0.032, batch_size=8, decorr_batch_size=64, log_every=1,
+    raw["gan"].update(init="scratch", kimg=0.064, snapshot_kimg=0.032, batch_size=8, decorr_batch_size=64, log_every=1,
                       channel_base=128, channel_max=16, mapping_layers=2, z_dim=16, w_dim=16, grid=2,
                       metric_samples=64, resolution=16, fid_samples=0, ppl_samples=0)
     raw["gan"].update(gan)

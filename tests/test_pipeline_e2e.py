@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 TINY = {"device": "cpu",
         "data": {"n_images": 48, "resolution": 32, "n_eval": 8, "chunk": 16, "batch_size": 16},
         "preview": {"grid": 4, "scale": 1},
-        "gan": {"kimg": 0.032, "snapshot_kimg": 0.016, "batch_size": 8, "decorr_batch_size": 32,
+        "gan": {"init": "scratch", "kimg": 0.032, "snapshot_kimg": 0.016, "batch_size": 8, "decorr_batch_size": 32,
                 "channel_base": 128, "channel_max": 16, "mapping_layers": 2, "z_dim": 16, "w_dim": 16,
                 "resolution": 16, "grid": 2, "metric_samples": 64, "fid_samples": 0, "ppl_samples": 0},
         "latents": {"n": 32, "chunk": 16, "batch_size": 16},
@@ -60,7 +60,8 @@ def tiny_repo(tmp_path_factory):
                            cwd=src, capture_output=True, text=True, check=True).stdout.split("\0")
     root = tmp_path_factory.mktemp("repo")
     for rel in filter(None, files):
-        if (src / rel).is_file() and not rel.startswith("data/") or rel == "data/raw/README.md":
+        if (src / rel).is_file() and (not rel.startswith("data/") or rel == "data/raw/README.md"
+                                      or rel.startswith("data/shipped/")):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, root / rel)
     _set_params(root, TINY)
