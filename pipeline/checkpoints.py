@@ -6,6 +6,7 @@ newest complete one in a folder, for resuming after an interruption.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -102,3 +103,22 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     found = sorted((int(m.group(1)), p) for p in folder.iterdir()
                    if (m := _NAME.match(p.name)) and p.with_suffix(".json").is_file())
     return found[-1][1] if found else None
+
+
+def read_curves(path: Path, x: str, upto: float) -> list[dict]:
+    """Rows of a training-curve CSV with column `x` (kimg, step) <= `upto`: what a resumed run
+    keeps of the curves an interrupted one wrote. [] when there is no file yet."""
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        return [r for r in csv.DictReader(fh) if float(r[x]) <= upto + 1e-9]
+
+
+def write_curves(path: Path, rows: list[dict], columns) -> None:
+    """Write training-curve rows (CSV with `columns`) under a temporary name, then rename."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)

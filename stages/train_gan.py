@@ -7,7 +7,6 @@ A checkpoint is reused only if it was made with the same gan params and the same
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ from models.gan_metrics import feature_statistics, frechet_distance, path_length
 from models.gan_training import GANTrainer
 from models.linear_generator import LinearFaceGenerator
 from pipeline.artifacts import open_store, write_json
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.checkpoints import latest_checkpoint, load_checkpoint, read_curves, save_checkpoint, write_curves
 from pipeline.datasets import load_images, resize_uint8, to_unit
 from pipeline.device import select_device
 from pipeline.distributed import World, average_gradients, barrier, broadcast_parameters, setup, teardown
@@ -180,7 +179,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
         trainer.grad_hook, trainer.world_size = average_gradients, world.size
     barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
-    rows = _read_curves(curves, max_kimg=shown / 1000)
+    rows = read_curves(curves, "kimg", shown / 1000)
     z_grid = grid_latents(params, gan.z_dim, device)
     meta_base = {"kind": "stylegan2", "config": config, "params_hash": params.section_hash("gan"),
                  "run_hash": run_hash, "faces_params_hash": faces_attrs["params_hash"],
@@ -198,7 +197,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
                                                                     update_w_avg=False), noise_mode="const")
         save_grid(to_uint8(samples * 0.5 + 0.5), run_dir / "samples" / f"kimg-{shown / 1000:07.1f}.png",
                   ncols=gan.grid, scale=2)
-        _write_curves(curves, rows)
+        write_curves(curves, rows, CURVE_KEYS)
 
     total, next_snap, t0, n0 = int(gan.kimg * 1000), 0.0, time.perf_counter(), shown
     next_snap = (math.floor(shown / 1000 / gan.snapshot_kimg) + 1) * gan.snapshot_kimg
@@ -242,22 +241,6 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
     return {"kind": "stylegan2", "kimg": round(shown / 1000, 3), "img_per_s": round(speed, 2), "ranks": world.size,
             **w_statistics(gen, gan.metric_samples, gan.seed, device),
             **quality_metrics(gen, reals, params, device)}
-
-
-def _read_curves(path: Path, max_kimg: float) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open() as fh:
-        return [r for r in csv.DictReader(fh) if float(r["kimg"]) <= max_kimg + 1e-9]
-
-
-def _write_curves(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(CURVE_KEYS))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
 
 
 def run(params: Params, faces: Path, out: Path, run_dir: Path, metrics: Path) -> dict:

@@ -9,7 +9,6 @@ interrupted run resumes), and ground-truth metrics on synthetic faces in `--metr
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from models.decomposition import SEMANTIC_NAMES, Decomposer, resize
 from models.recon_training import ReconTrainer
 from pipeline.artifacts import open_store, write_json
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.checkpoints import latest_checkpoint, load_checkpoint, read_curves, save_checkpoint, write_curves
 from pipeline.datasets import load_images, to_unit
 from pipeline.device import select_device
 from pipeline.distributed import World, average_gradients, barrier, broadcast_parameters, setup, teardown
@@ -124,7 +123,7 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
         trainer.grad_hook = average_gradients
     barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
-    rows = _read_curves(curves, trainer.steps)
+    rows = read_curves(curves, "step", trainer.steps)
     meta = {"run_hash": run_hash, "train_on": rc.train_on, "source_id": batches.source_id,
             "params_hash": params.section_hash("recon")}
 
@@ -136,7 +135,7 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
             old.with_suffix(".json").unlink(missing_ok=True)
         save_grid(panel(trainer.decomposer, batches.panel_images), run_dir / "panels" / f"step-{trainer.steps:06d}.png",
                   ncols=len(PANEL_COLUMNS), scale=3)
-        _write_curves(curves, rows)
+        write_curves(curves, rows, CURVE_KEYS)
 
     t0, s0, seen = time.perf_counter(), trainer.steps, 0
     with tqdm(total=rc.steps, initial=trainer.steps, desc="train_recon", unit="step", disable=not world.main) as bar:
@@ -161,22 +160,6 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
     speed = seen * world.size / max(time.perf_counter() - t0, 1e-9)
     return trainer, {"steps": trainer.steps, "img_per_s": round(speed, 2) if seen else None, "ranks": world.size,
                      **meta}
-
-
-def _read_curves(path: Path, max_step: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open() as fh:
-        return [r for r in csv.DictReader(fh) if int(r["step"]) <= max_step]
-
-
-def _write_curves(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(CURVE_KEYS))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
 
 
 def export(out: Path, trainer: ReconTrainer, batches: Batches, meta: dict, per_face: dict, title: str) -> None:
