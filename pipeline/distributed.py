@@ -76,14 +76,6 @@ def average_gradients(optimizer: torch.optim.Optimizer) -> None:
         offset += n
 
 
-def all_mean(value: float, device: torch.device) -> float:
-    """Mean of a float over ranks (for logging)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t) / dist.get_world_size()
-
 
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
