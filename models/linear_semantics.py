@@ -196,9 +196,20 @@ def unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def projection_std(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """sigma_w: standard deviation (N - 1 normalised) of w.v_hat over samples w [N, d]; v [d] any norm. -> 0-d."""
-    return (w @ unit(v).to(w)).std()
+def projection_std(w, v: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """sigma_w: standard deviation (N - 1 normalised) of w.v_hat over samples w [N, d].
+
+    w: a tensor or any array sliceable by rows (a Zarr array is streamed `chunk` rows at a time);
+    v: [d] or [k, d], any norm. -> 0-d (v [d]) or [k], float64 accumulation, dtype of v.
+    """
+    u = unit(v.double()).reshape(-1, v.shape[-1])  # [k, d]
+    total, sq, n = torch.zeros(len(u), dtype=torch.float64), torch.zeros(len(u), dtype=torch.float64), 0
+    for lo in range(0, w.shape[0], chunk):
+        block = w[lo:lo + chunk]
+        p = torch.as_tensor(block).detach().to("cpu", torch.float64) @ u.T  # [c, k]
+        total, sq, n = total + p.sum(0), sq + (p * p).sum(0), n + len(p)
+    std = ((sq - total ** 2 / max(n, 1)) / max(n - 1, 1)).clamp_min(0).sqrt().to(v.dtype)
+    return std[0] if v.dim() == 1 else std
 
 
 def manipulate(w: torch.Tensor, v: torch.Tensor, s, sigma_w) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 
 from models import faces as face_model
 from models.factorize import balance_parts, factorize, match_directions, prune_and_order, supports
+from models.linear_semantics import projection_std
 from pipeline.artifacts import open_store, write_json, write_store
 from pipeline.components import component_tiles
 from pipeline.device import select_device
@@ -28,7 +29,6 @@ from pipeline.generators import load_generator
 from pipeline.images import save_grid
 from pipeline.params import Params
 from pipeline.stage import stage_args
-from stages.regress import sigma_w
 
 log = logging.getLogger("stages.factorize")
 
@@ -52,7 +52,7 @@ def run(params: Params, directions: Path, latents: Path, generator: Path, out: P
     U, V, norms, keep = prune_and_order(fac.U, fac.V, fp.min_norm)
     units = V.T.contiguous()  # [K, d]
     lat = open_store(latents)
-    sig = sigma_w(lat, units, 4096) if len(units) else torch.zeros(0)
+    sig = projection_std(lat["w"], units) if len(units) else torch.zeros(0)
     names = [f"comp{i:02d}" for i in range(len(units))]
     support = supports(U, fp.support_frac) if len(units) else torch.zeros(0, jac.shape[0], dtype=torch.bool)
     attrs = {"layout": dict(store["jacobian"].attrs["layout"]), "part_scales": [float(x) for x in part_scales],

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.linear_semantics import NormalEquations, stream_pairs, unit
+from models.linear_semantics import NormalEquations, projection_std, stream_pairs, unit
 from pipeline.artifacts import open_store, write_json, write_store
 from pipeline.params import Params
 from pipeline.stage import stage_args
@@ -60,23 +60,13 @@ def solve(params: Params, latents, semantics) -> dict[str, torch.Tensor]:
     return out
 
 
-def sigma_w(latents, directions: torch.Tensor, size: int) -> torch.Tensor:
-    """Std over all samples of w . v_hat for each direction [k, d] -> [k] (second streaming pass)."""
-    u = unit(directions.double())
-    total, sq, n = torch.zeros(len(u), dtype=torch.float64), torch.zeros(len(u), dtype=torch.float64), 0
-    for lo in range(0, latents["w"].shape[0], size):
-        p = torch.from_numpy(latents["w"][lo:lo + size]).double() @ u.T
-        total, sq, n = total + p.sum(0), sq + (p * p).sum(0), n + len(p)
-    return ((sq - total ** 2 / n) / max(n - 1, 1)).clamp_min(0).sqrt()
-
-
 def run(params: Params, latents_path: Path, semantics_path: Path, out: Path, metrics: Path) -> dict:
     start, rg = time.perf_counter(), params.regress
     latents, semantics = open_store(latents_path), open_store(semantics_path)
     names = list(semantics["semantics"].attrs["columns"])
     fit = solve(params, latents, semantics)
     v = fit["directions"]
-    sig = sigma_w(latents, v, rg.chunk)
+    sig = projection_std(latents["w"], v, rg.chunk)
     attrs = {"semantic_names": names, "n_pairs": fit["n_pairs"], "w_dim": v.shape[1],
              "latents_params_hash": latents.attrs.get("params_hash"),
              "semantics_params_hash": semantics.attrs.get("params_hash")}

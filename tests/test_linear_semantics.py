@@ -111,6 +111,19 @@ def test_regression_underdetermined_warns_and_stays_finite():
 # ------------------------------------------------------------------ Eq. 4
 
 
+def test_projection_std_streams_a_zarr_array_in_chunks(tmp_path):
+    """sigma_w of k directions over a Zarr w, 7 rows at a time, equals the in-memory std (N - 1)."""
+    import zarr
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(50, 6, generator=g, dtype=torch.float64) * 3 + 5  # non-zero mean
+    v = torch.randn(3, 6, generator=g, dtype=torch.float64) * 4
+    store = zarr.open_array(str(tmp_path / "w.zarr"), mode="w", shape=w.shape, chunks=(16, 6), dtype="float64")
+    store[:] = w.numpy()
+    expect = (w @ (v / v.norm(dim=1, keepdim=True)).T).std(0)
+    torch.testing.assert_close(ls.projection_std(store, v, chunk=7), expect)
+    torch.testing.assert_close(ls.projection_std(w, v[1]), expect[1])  # one direction -> 0-d
+
+
 def test_manipulate_keeps_orthogonal_part_and_sets_projection():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(8, 16, generator=g) * 2

@@ -159,3 +159,36 @@ def test_dask_sharded_stages_equal_the_single_process_run(tiny_repo):
                                    err_msg=f"{store}/{array}")
     status = json.loads(_dvc(root, env, "status", "decompose", "--json").stdout or "{}")
     assert status == {}, status
+
+
+def test_decorrelation_ablation_is_a_dvc_experiment(tiny_repo):
+    """Issue 3's Table 1 row: `dvc exp run -S gan.decorr_weight=0 train_gan` trains the same GAN (same seed)
+    without Eq. 1, and `dvc exp show` puts both rows' metrics next to decorr_weight. Runs last: the
+    experiment's results stay in the workspace, as DVC does."""
+    root, env = tiny_repo
+    base_weight = yaml.safe_load((root / "params.yaml").read_text())["gan"]["decorr_weight"]
+    assert base_weight > 0
+    _dvc(root, env, "repro", "train_gan")
+    base = json.loads((root / "data" / "metrics" / "gan.json").read_text())
+    _dvc(root, env, "exp", "run", "-q", "-S", "gan.decorr_weight=0", "-n", "no-decorr", "train_gan")
+    ablation = json.loads((root / "data" / "metrics" / "gan.json").read_text())
+    assert yaml.safe_load((root / "params.yaml").read_text())["gan"]["decorr_weight"] == 0
+    assert {"mean_abs_rho", "mean_abs_rho_space", "kimg"} <= set(ablation) and ablation["kimg"] == base["kimg"]
+    assert ablation["mean_abs_rho"] != base["mean_abs_rho"]  # same seed, different loss: a different G
+
+    def rows(node):  # every (name, params, metrics) in `dvc exp show --json`, baseline and experiments
+        if isinstance(node, dict):
+            if "data" in node and isinstance(node["data"], dict) and "params" in node["data"]:
+                data = node["data"]
+                yield (node.get("name") or data.get("name") or data.get("rev"),
+                       data["params"]["params.yaml"]["data"]["gan"]["decorr_weight"],
+                       data["metrics"].get("data/metrics/gan.json", {}).get("data", {}))
+            for value in node.values():
+                yield from rows(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from rows(value)
+
+    shown = list(rows(json.loads(_dvc(root, env, "exp", "show", "--json").stdout)))
+    named = [row for row in shown if row[0] == "no-decorr"]
+    assert named and named[0][1] == 0 and named[0][2]["mean_abs_rho"] == ablation["mean_abs_rho"], shown
