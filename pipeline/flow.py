@@ -4,7 +4,8 @@ Each task asks DVC whether its stage is up to date (`dvc status`); if so the tas
 `Cached` state, otherwise it runs `dvc repro --single-item STAGE`, so `dvc repro` and
 `facesem run` always agree on what is up to date. Independent stages run concurrently
 (DVC releases its repo lock while a stage's command runs; `--wait-for-lock` covers the rest),
-up to `flow.max_parallel` at once.
+up to `flow.max_parallel` threads at once, or on a local Dask cluster (`flow.task_runner`),
+chosen from params.yaml when each flow run starts (ParamsTaskRunner).
 
 Each attempt of a stage may be limited in time (`flow.timeout_s`, `flow.stage_timeouts`):
 past the limit the stage's processes are stopped (its command first, so that DVC records
@@ -30,7 +31,7 @@ from pathlib import Path
 import psutil
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from pipeline.dag import load_dag
 from pipeline.env import project_root
@@ -190,28 +191,57 @@ def run_stage(name: str, root: str, force: bool = False, timeout_s: float | None
     return f"{name}: ran"
 
 
-class StageTaskRunner(ThreadPoolTaskRunner):
-    """Threads for the stages, `flow.max_parallel` of them unless `max_workers` is given.
+class ParamsTaskRunner(TaskRunner):
+    """The task runner params.yaml's `flow` section names, chosen when a flow run starts.
 
-    params.yaml is read when a flow run starts, so the flow honours `flow.max_parallel`
-    however it is started: `facesem run`, `facesem serve`, or a worker that loads the
-    entrypoint `pipeline/flow.py:facesem_flow` from prefect.yaml.
+    Threads (`flow.max_parallel` of them) or a local Dask cluster (`flow.task_runner: dask`,
+    `flow.dask_workers` processes), whichever way the flow is started: `facesem run`,
+    `facesem serve`, or a worker that loads the entrypoint `pipeline/flow.py:facesem_flow`
+    from prefect.yaml. `flow_params` fixes the choice instead (tests).
     """
 
-    def __init__(self, max_workers: int | None = None):
-        super().__init__(max_workers=max_workers)
-        self._fixed_workers = max_workers
+    def __init__(self, flow_params=None):
+        super().__init__()
+        self._fixed = flow_params
+        self.inner: TaskRunner | None = None  # the chosen runner while started
 
-    def duplicate(self) -> "StageTaskRunner":
-        return type(self)(max_workers=self._fixed_workers)
+    def duplicate(self) -> "ParamsTaskRunner":
+        return type(self)(self._fixed)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ParamsTaskRunner) and other._fixed == self._fixed
 
     def __enter__(self):
-        if self._fixed_workers is None:
-            self._max_workers = load_params(project_root() / "params.yaml").flow.max_parallel
+        flow_params = self._fixed or load_params(project_root() / "params.yaml").flow
+        self.inner = task_runner(flow_params)
+        self.inner.__enter__()
         return super().__enter__()
 
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.inner is not None:
+                self.inner.__exit__(*exc)
+        finally:
+            self.inner = None
+            super().__exit__(*exc)
 
-@flow(name="facesem", task_runner=StageTaskRunner())
+    def _started_inner(self) -> TaskRunner:
+        if self.inner is None:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        return self.inner
+
+    def submit(self, task, parameters, wait_for=None, dependencies=None):
+        return self._started_inner().submit(task, parameters, wait_for, dependencies)
+
+    def map(self, task, parameters, wait_for=None):
+        return self._started_inner().map(task, parameters, wait_for)
+
+    def cancel_all(self) -> None:
+        if hasattr(self.inner, "cancel_all"):
+            self.inner.cancel_all()
+
+
+@flow(name="facesem", task_runner=ParamsTaskRunner())
 def facesem_flow(targets: list[str] | None = None, force: bool = False) -> dict[str, str]:
     """Run the pipeline (or `targets` and their upstream) as Prefect tasks.
 
@@ -226,7 +256,7 @@ def facesem_flow(targets: list[str] | None = None, force: bool = False) -> dict[
     for name, upstream in dag.items():
         if params.flow.shards > 1 and name in SHARDABLE:  # shard tasks on the runner's workers
             futures[name] = submit_sharded(name, str(root), params.flow.shards, [futures[u] for u in upstream],
-                                           dvc_command(), stage_environment(), force)
+                                           dvc_command(), stage_environment(), force, params.flow)
             continue
         configured = run_stage.with_options(task_run_name=name, retries=params.flow.retries_for(name),
                                             retry_delay_seconds=params.flow.retry_delay_s)
@@ -273,9 +303,8 @@ def task_runner(flow_params):
 
 
 def run_pipeline(targets: list[str] | None = None, force: bool = False) -> dict[str, str]:
-    """The flow with the task runner params.yaml's `flow` section asks for."""
-    params = load_params(project_root() / "params.yaml")
-    return facesem_flow.with_options(task_runner=task_runner(params.flow))(targets=targets, force=force)
+    """The flow, in this process (its task runner follows params.yaml's `flow` section)."""
+    return facesem_flow(targets=targets, force=force)
 
 
 def build_deployment(name: str = "scheduled", cron: str | None = None, interval: float | None = None,
@@ -334,7 +363,8 @@ def describe_deployment(deployment, next_runs: int = 3) -> str:
                      f"'{deployment.flow_name}/{deployment.name}')")
     lines.append("parameters: " + json.dumps(deployment.parameters))
     flow_params = params.flow
-    lines.append(f"flow:       max_parallel {flow_params.max_parallel}, retries {flow_params.retries} "
+    lines.append(f"flow:       task_runner {flow_params.task_runner} (dask_workers {flow_params.dask_workers}, "
+                 f"shards {flow_params.shards}), max_parallel {flow_params.max_parallel}, retries {flow_params.retries} "
                  f"(per stage: {flow_params.stage_retries or '-'}), timeout_s {flow_params.timeout_s} "
                  f"(per stage: {flow_params.stage_timeouts or '-'}); read from params.yaml at each run")
     api = PREFECT_API_URL.value()

@@ -28,14 +28,28 @@ def stage_command(root: Path, name: str) -> list[str]:
     return shlex.split(stages[name]["cmd"])
 
 
-def _call(cmd: list[str], root: Path, env: dict[str, str], what: str) -> None:
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+def _call(cmd: list[str], root: Path, env: dict[str, str], what: str, timeout_s: float | None = None) -> None:
+    """Run one part; past `timeout_s` its processes are stopped and StageTimeout raised."""
+    from pipeline.flow import StageTimeout, stop_process_tree  # noqa: PLC0415 (flow imports this module)
+
+    with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            stop_process_tree(proc)
+            raise StageTimeout(f"{what} ran past its time limit of {timeout_s:g} s (flow.timeout_s / "
+                               "flow.stage_timeouts, applied to each part); its processes were stopped") from None
+        except BaseException:  # cancelled or interrupted: leave nothing running
+            stop_process_tree(proc)
+            raise
     if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{out[-3000:]}")
 
 
 @task(name="shard")
-def run_part(name: str, root: str, part: str, env: dict[str, str], force: bool = False, prepared: str = "") -> str:
+def run_part(name: str, root: str, part: str, env: dict[str, str], force: bool = False, prepared: str = "",
+             timeout_s: float | None = None) -> str:
     """One part of a sharded stage: part is 'prepare', 'i/n' or 'finalize'. `prepare` first asks
     DVC whether the stage is up to date and returns 'cached' if so; the later parts receive
     that result (`prepared`) and then do nothing."""
@@ -46,7 +60,7 @@ def run_part(name: str, root: str, part: str, env: dict[str, str], force: bool =
         if stage_is_current(name, Path(root)):
             return "cached"
     flag = ["--shard", part] if "/" in part else [f"--{part}"]
-    _call(stage_command(Path(root), name) + flag, Path(root), env, f"{name} {part}")
+    _call(stage_command(Path(root), name) + flag, Path(root), env, f"{name} {part}", timeout_s)
     return f"{name} {part}"
 
 
@@ -60,12 +74,22 @@ def commit_stage(name: str, root: str, dvc: list[str], env: dict[str, str], prep
 
 
 def submit_sharded(name: str, root: str, shards: int, wait_for: list, dvc: list[str], env: dict[str, str],
-                   force: bool = False):
-    """Submit prepare -> `shards` shard tasks -> finalize -> dvc commit; returns the commit task's future."""
-    prepared = run_part.with_options(task_run_name=f"{name}-prepare").submit(name, root, "prepare", env, force,
-                                                                                wait_for=wait_for)
-    parts = [run_part.with_options(task_run_name=f"{name}-{i}of{shards}").submit(
-        name, root, f"{i}/{shards}", env, force, prepared) for i in range(shards)]
-    final = run_part.with_options(task_run_name=f"{name}-finalize").submit(name, root, "finalize", env, force,
-                                                                            prepared, wait_for=parts)
-    return commit_stage.with_options(task_run_name=name).submit(name, root, dvc, env, prepared, wait_for=[final])
+                   force: bool = False, flow_params=None):
+    """Submit prepare -> `shards` shard tasks -> finalize -> dvc commit; returns the commit task's future.
+
+    Every part gets the stage's retries and time limit from `flow_params` (params.yaml's `flow`):
+    a part is idempotent (it rewrites its own region), so a retry redoes only that part.
+    """
+    retries = flow_params.retries_for(name) if flow_params else 0
+    delay = flow_params.retry_delay_s if flow_params else 0
+    timeout_s = flow_params.timeout_for(name) if flow_params else None
+
+    def part(label: str):
+        return run_part.with_options(task_run_name=f"{name}-{label}", retries=retries, retry_delay_seconds=delay)
+
+    prepared = part("prepare").submit(name, root, "prepare", env, force, timeout_s=timeout_s, wait_for=wait_for)
+    parts = [part(f"{i}of{shards}").submit(name, root, f"{i}/{shards}", env, force, prepared, timeout_s)
+             for i in range(shards)]
+    final = part("finalize").submit(name, root, "finalize", env, force, prepared, timeout_s, wait_for=parts)
+    return commit_stage.with_options(task_run_name=name, retries=retries, retry_delay_seconds=delay).submit(
+        name, root, dvc, env, prepared, wait_for=[final])

@@ -174,3 +174,73 @@ def test_timeout_stops_the_stage_then_a_rerun_continues_from_the_cache(tmp_path)
     assert states == {"quick": "Cached", "slow": "Completed", "after": "Completed"}
     assert (root / "after.txt").read_text() == "done"
     assert (root / ".prefect").is_dir()  # Prefect kept its state in the temporary repo
+
+
+WHERE = """
+import os
+from prefect import flow, task
+from pipeline.flow import facesem_flow
+
+@task
+def where():
+    return os.getpid()
+
+@flow(task_runner=facesem_flow.task_runner)  # the runner a deployment's worker gets
+def probe():
+    return where.submit().result()
+
+if __name__ == "__main__":  # Dask's worker processes import this module again
+    print(type(facesem_flow.task_runner).__name__, "in-process" if probe() == os.getpid() else "elsewhere")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner, where", [("threads", "in-process"), ("dask", "elsewhere")])
+def test_the_flows_own_task_runner_follows_params_yaml(tmp_path, runner, where):
+    """`flow.task_runner` is read when a flow run starts, so the deployed entrypoint
+    (pipeline/flow.py:facesem_flow, as `facesem serve` and prefect.yaml run it) honours dask too."""
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"flow": {"task_runner": runner, "dask_workers": 1}}))
+    (tmp_path / "probe.py").write_text(WHERE)
+    proc = subprocess.run([sys.executable, "probe.py"], cwd=tmp_path, env=_tool_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stdout.split("\n")[-2] == f"ParamsTaskRunner {where}", proc.stdout[-2000:]
+
+
+PART = ('import os, sys, time; part = sys.argv[-1]; open("parts.log", "a").write(f"{os.getpid()} {part}\\n"); '
+        'time.sleep(float(os.environ.get("SLOW_S", "60")) if "/" in part else 0); '
+        'part == "--finalize" and open("out.txt", "w").write("done")')
+
+
+@pytest.mark.slow
+def test_shard_tasks_get_the_stages_time_limit_and_retries(tmp_path):
+    """`flow.shards`: each part of a sharded stage (here a stand-in named `decompose`) is limited
+    by the stage's timeout, stopped past it, retried `stage_retries` times; a rerun completes it."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"decompose": {"cmd": f"python -c '{PART}'", "outs": ["out.txt"]}}}))
+    (root / "params.yaml").write_text(yaml.safe_dump({"flow": {
+        "shards": 2, "retry_delay_s": 0, "stage_retries": {"decompose": 1}, "stage_timeouts": {"decompose": 2}}}))
+    env = _tool_env(root)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
+    run = [sys.executable, "-m", "pipeline.cli", "run"]
+
+    first = subprocess.run(run, cwd=root, env=env, capture_output=True, text=True, timeout=180)
+    out = first.stdout + first.stderr
+    assert first.returncode == 2, out[-3000:]
+    assert "ran past its time limit of 2 s" in out and "Retry 1/1" in out, out[-3000:]
+    parts = [line.split() for line in (root / "parts.log").read_text().splitlines()]
+    shard_pids = [int(pid) for pid, part in parts if "/" in part]
+    assert sorted(part for _, part in parts if "/" in part) == ["0/2", "0/2", "1/2", "1/2"]  # 2 attempts each
+    assert not [pid for pid in shard_pids if _running(pid)], "a timed-out shard is still running"
+    assert not (root / "out.txt").exists()
+
+    env["SLOW_S"] = "0"
+    second = subprocess.run(run, cwd=root, env=env, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    assert (root / "out.txt").read_text() == "done"
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, env=env,
+                            capture_output=True, text=True, check=True)
+    assert (status.stdout.strip() or "{}") == "{}"  # dvc commit recorded the sharded run
