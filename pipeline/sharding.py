@@ -10,10 +10,14 @@ into shards reproduces the single-process store exactly. Modes (`add_shard_args`
 * `--shard i/n`: fill chunks i, i+n, i+2n, ... of a prepared store (any process, any host
   that sees the path);
 * `--finalize`: check that every chunk is written, then mark the store complete.
+
+Each chunk's compute time is kept in `chunk_seconds`; the complete store's `seconds` attr is
+their sum (worker-seconds when sharded).
 """
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,23 +43,32 @@ def run_chunked(out: Path, stage: str, section: dict[str, Any], params_hash: str
     def make(group: zarr.Group) -> None:
         layout(group)
         group.create_array("written", shape=(count,), dtype="bool", fill_value=False)
+        group.create_array("chunk_seconds", shape=(count,), dtype="float32", fill_value=0.0)
 
     def write(group: zarr.Group, chunks) -> None:
         for k in tqdm(chunks, desc=stage, unit="chunk"):
+            started = time.perf_counter()
             for name, values in fill(k).items():
                 group[name][k * chunk:k * chunk + len(values)] = values
+            group["chunk_seconds"][k] = time.perf_counter() - started
             group["written"][k] = True
+
+    def record_seconds(group: zarr.Group) -> None:  # summed over chunks: worker-seconds when sharded
+        group.attrs["seconds"] = round(float(group["chunk_seconds"][:].sum()), 2)
 
     if mode is None:
         with write_store(out, stage, section, params_hash, **attrs) as group:
             make(group)
             write(group, range(count))
+            record_seconds(group)
     elif mode == "prepare":
         make(create_store(out, stage, section, params_hash, **attrs))
     elif mode == "finalize":
-        missing = np.flatnonzero(~zarr.open_group(str(out), mode="r")["written"][:])
+        group = zarr.open_group(str(out), mode="r+")
+        missing = np.flatnonzero(~group["written"][:])
         if missing.size:
             raise RuntimeError(f"{out}: chunks {missing.tolist()} were not written; run their shards")
+        record_seconds(group)
         mark_complete(out)
     else:
         i, parts = mode

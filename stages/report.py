@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.artifacts import open_store
 from pipeline.dag import load_dag
 from pipeline.device import select_device
 from pipeline.edit import edit_grid, load_direction
@@ -50,10 +51,17 @@ def git_revision(root: Path) -> str:
         return "unknown"
 
 
-def stage_times(metrics: dict[str, dict], stages: list[str]) -> pd.DataFrame:
-    """Seconds per stage as recorded by the stages' metrics (`seconds`); blank where none is."""
+STORE_OF_STAGE = {"sample_latents": "latents.zarr", "decompose": "semantics.zarr"}  # time in the store's attrs
+
+
+def stage_times(metrics: dict[str, dict], stages: list[str], data: Path | None = None) -> pd.DataFrame:
+    """Seconds per stage as the stages record them: `seconds` of their metrics JSON, or of their
+    Zarr store's attrs (STORE_OF_STAGE, under `data`); blank where none is (preview)."""
     files = {"train_gan": "gan", "train_oracle": "oracle", "train_recon": "recon"}
     rows = {s: metrics.get(files.get(s, s), {}).get("seconds") for s in stages}
+    for stage, store in STORE_OF_STAGE.items():
+        if stage in rows and data is not None and (data / store).exists():
+            rows[stage] = open_store(data / store).attrs.get("seconds")
     return pd.DataFrame({"seconds": pd.Series(rows, dtype="float64")}).rename_axis("stage")
 
 
@@ -111,8 +119,9 @@ def run(params: Params, data: Path, out: Path) -> dict:
     run_info.text(f"git revision {git_revision(root)}; params hash {params.section_hash()}; generator kind "
                   f"{params.gan.kind}; device {params.device}; report written "
                   f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}.")
-    times = stage_times(metrics, stages)
-    run_info.table(times, "Seconds per stage, as each stage's metrics record them", 1)
+    times = stage_times(metrics, stages, data)
+    run_info.table(times, "Seconds per stage, as each stage records them (sample_latents, decompose: summed over "
+                          "chunks; blank: none recorded)", 1)
     run_info.blocks.append("<details><summary>params.yaml (resolved)</summary><pre>"
                            + json.dumps(params.model_dump(), indent=1) + "</pre></details>")
     sections.append(run_info)

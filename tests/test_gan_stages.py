@@ -130,6 +130,9 @@ def test_sharded_sampling_equals_single_process(repo_root, faces_store, tmp_path
     for name in ("z", "w", "images"):
         np.testing.assert_array_equal(one[name][:], sh[name][:])
     assert one["images"].shape == (40, 3, 16, 16) and one["images"][:].std() > 1
+    for store in (one, sh):  # each chunk's time is kept; the store's `seconds` is their sum
+        assert (store["chunk_seconds"][:] > 0).all()
+        assert store.attrs["seconds"] == pytest.approx(store["chunk_seconds"][:].sum(), abs=0.01)
     # w really is F(z) of the exported generator
     g = load_generator(gen)
     torch.testing.assert_close(g.mapping(torch.from_numpy(one["z"][:5])), torch.from_numpy(one["w"][:5]))

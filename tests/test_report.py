@@ -67,6 +67,8 @@ def test_report_holds_every_section_table_and_figure(built):
     assert page.count('<img src="data:image/png;base64,') >= 9
     assert "Linear generator: cosine" in page and "interfacegan" in page
     assert (d / "report" / "univariate_edits.png").is_file()
+    times = report.stage_times({}, ["preview", "sample_latents", "decompose"], d)["seconds"]
+    assert times.isna().tolist() == [True, False, False] and (times.dropna() > 0).all()  # from the stores' attrs
     summary = (d / "report" / "summary.md").read_text()
     assert "## Table 2 (diagonal)" in summary and "| yaw |" in summary
 
