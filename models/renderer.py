@@ -316,22 +316,30 @@ def _cell_bounds(depth, view, fov_deg, margin_px=0.05, margin_z=5e-4):
     zmax = quad(z, torch.maximum).add_(margin_z)
     ok = (nu >= 0) & (nv >= 0) & (zmin > 1e-6)
     key = (j0 * w + i0).long() + torch.arange(b, device=dev).view(b, 1, 1) * npix
-    near = torch.full((b * npix,), math.inf, device=dev, dtype=depth.dtype)
+    # the cell/pixel pairs that are not covered go to a sink (the last element)
+    sink = b * npix
+    near = torch.full((sink + 1,), math.inf, device=dev, dtype=depth.dtype)
     far = torch.full_like(near, -math.inf)
-    # first covered pixel of every cell
-    _reduce_(near, key.view(-1), torch.where(ok, zmin, math.inf).view(-1), "amin")
-    _reduce_(far, key.view(-1), torch.where(ok, zmax, -math.inf).view(-1), "amax")
-    # the other pixels of cells covering more than one (a minority)
-    multi = (ok & ((nu > 0) | (nv > 0))).view(-1).nonzero()[:, 0]
+    key, ok_, zmin, zmax = key.view(-1), ok.view(-1), zmin.view(-1), zmax.view(-1)
+    # the up to 2 x 2 pixel centres nearly every cell covers (a projected cell spans about a
+    # pixel): one dense pass per offset; min / max make repeated pixels harmless
+    wide, tall = ok_ & (nu.view(-1) >= 1), ok_ & (nv.view(-1) >= 1)
+    for offset, cover in ((0, ok_), (1, wide), (w, tall), (w + 1, wide & tall)):
+        pix = torch.where(cover, key + offset, sink)
+        _reduce_(near, pix, zmin, "amin")
+        _reduce_(far, pix, zmax, "amax")
+    # every pixel of the cells covering more than 2 along an axis (a minority)
+    multi = (ok & ((nu > 1) | (nv > 1))).view(-1).nonzero()[:, 0]
     if multi.numel():
         cu = nu.view(-1)[multi].long() + 1
-        cnt = cu * (nv.view(-1)[multi].long() + 1) - 1
+        cnt = cu * (nv.view(-1)[multi].long() + 1)
         cell = torch.repeat_interleave(cnt)
-        k = torch.arange(cell.numel(), device=dev) - (torch.cumsum(cnt, 0) - cnt)[cell] + 1
+        k = torch.arange(cell.numel(), device=dev) - (torch.cumsum(cnt, 0) - cnt)[cell]
         cu = cu[cell]
-        pix = key.view(-1)[multi][cell] + torch.div(k, cu, rounding_mode="floor") * w + k % cu
-        _reduce_(near, pix, zmin.view(-1)[multi][cell], "amin")
-        _reduce_(far, pix, zmax.view(-1)[multi][cell], "amax")
+        pix = key[multi][cell] + torch.div(k, cu, rounding_mode="floor") * w + k % cu
+        _reduce_(near, pix, zmin[multi][cell], "amin")
+        _reduce_(far, pix, zmax[multi][cell], "amax")
+    near, far = near[:sink], far[:sink]
     return near.view(b, npix), far.view(b, npix)
 
 
@@ -480,23 +488,24 @@ def raycast(depth, view, fov_deg=10.0, first_cells=1):
         lo = torch.where(cand, lo, 1.0)
         up = torch.where(cand, up, 1.0)
 
-        # walk the candidate rays (flat indices): the first cells of each, then more
-        # cells per round for those still unresolved
-        idx = cand.view(-1).nonzero()[:, 0]
-        rows = [x.reshape(-1)[idx] for x in (au, bu, av, bv, lo, up)]
-        rows.insert(0, idx - idx % npix)  # offset of the ray's image
-        w0, side = rows.pop(), None
-        wk, dfw = torch.ones(2, b * npix, dtype=dtype, device=dep.device)
-        hit = torch.zeros(b * npix, dtype=torch.bool, device=dep.device)
-        cells = first_cells
-        while idx.numel():
+        # walk every ray (flat; nearly all are candidates, and the others have lo = up and
+        # find nothing) over its first cells, then the unresolved ones over more cells per round
+        offset = (torch.arange(b, device=dep.device) * npix).repeat_interleave(npix)  # of the ray's image
+        rows = [offset] + [x.reshape(-1) for x in (au, bu, av, bv, lo)]  # image offset, line, end
+        w0, side, idx, cells = up.reshape(-1), None, None, first_cells
+        while True:
             pts = _segment_points(*rows[1:5], w0, rows[5], cells)
             wr, dr, fr, side = _first_root(table, *rows[:5], pts, side, size, polish)
-            wk.index_copy_(0, idx, wr)
-            dfw.index_copy_(0, idx, dr)
-            hit.index_copy_(0, idx, fr)
+            if idx is None:
+                wk, dfw, hit = wr, dr, fr
+            else:
+                wk.index_copy_(0, idx, wr)
+                dfw.index_copy_(0, idx, dr)
+                hit.index_copy_(0, idx, fr)
             more = (~fr & (pts[..., -1] > rows[5])).nonzero()[:, 0]
-            idx, rows = idx[more], [x[more] for x in rows]
+            if not more.numel():
+                break
+            idx, rows = (more if idx is None else idx[more]), [x[more] for x in rows]
             w0, side, cells = pts[..., -1][more], side[more], cells * 4
         wk, dfw, hit = wk.view(b, npix), dfw.view(b, npix), hit.view(b, npix)
         hit &= cand
