@@ -39,3 +39,15 @@ def purity(labels: np.ndarray, truth: np.ndarray) -> float:
         members = truth[labels == c]
         total += np.bincount(members[members >= 0]).max() if (members >= 0).any() else 0
     return total / len(labels)
+
+
+def region_cosines(units: torch.Tensor, own: np.ndarray) -> tuple[float, float]:
+    """Mean |cos| between directions [K, d] of components in the same region (own [K], -1: none)
+    and in different regions. Equal means: the directions' geometry carries no region
+    signal, so no clustering of them can recover the regions. NaN where no such pair exists."""
+    cos = 1 - cosine_distance(units)
+    known = own >= 0
+    pair = known[:, None] & known[None] & ~np.eye(len(own), dtype=bool)
+    same = (own[:, None] == own[None]) & pair
+    mean = lambda m: float(cos[m].mean()) if m.any() else float("nan")  # noqa: E731
+    return mean(same), mean(pair & ~same)

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from models import faces as face_model
-from models.clustering import purity, region_labels, ward_clusters
+from models.clustering import purity, region_cosines, region_labels, ward_clusters
 from pipeline.artifacts import open_store, write_json
 from pipeline.components import albedo_rgb, split_maps
 from pipeline.images import save_grid, to_uint8
@@ -87,6 +87,10 @@ def run(params: Params, components: Path, out: Path, metrics: Path) -> dict:
               "cluster_regions": {str(c): table[table.cluster == c].region.value_counts().to_dict() for c in clusters}}
     if params.data.source == "synthetic":  # ground-truth regions exist for synthetic faces only
         result["purity"] = round(float(purity(labels, own.numpy())), 4)
+        truth = own.numpy()
+        result["purity_one_cluster"] = round(float(purity(np.ones_like(labels), truth)), 4)  # the baseline
+        within, across = region_cosines(units, truth)
+        result["cos_within_region"], result["cos_across_region"] = round(within, 4), round(across, 4)
     result["seconds"] = round(time.perf_counter() - start, 2)
     write_json(metrics, result)
     return result

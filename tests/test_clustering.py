@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.clustering import cosine_distance, purity, region_labels, ward_clusters
+from models.clustering import cosine_distance, purity, region_cosines, region_labels, ward_clusters
 
 
 def test_ward_returns_three_planted_groups_whatever_the_signs():
@@ -38,3 +38,17 @@ def test_region_labels_take_the_majority_region():
     touched[1, 2, :] = True
     touched[1, 3, 0] = True                # mostly region 1
     assert region_labels(touched, regions).tolist() == [0, 1, -1]
+
+
+def test_region_cosines_separate_grouped_from_unrelated_directions():
+    """Planted groups: within-region |cos| far above across; random directions: equal means."""
+    g = torch.Generator().manual_seed(1)
+    centres = torch.linalg.qr(torch.randn(64, 3, generator=g))[0].T
+    grouped = torch.stack([centres[c] + 0.05 * torch.randn(64, generator=g) for c in range(3) for _ in range(6)])
+    own = np.repeat(np.arange(3), 6)
+    within, across = region_cosines(grouped, own)
+    assert within > 0.7 and across < 0.1
+    scattered = torch.randn(300, 64, generator=g)
+    within, across = region_cosines(scattered, np.arange(300) % 3)
+    assert abs(within - across) < 0.01
+    assert np.isnan(region_cosines(grouped[:2], np.array([-1, 0]))[0])
