@@ -129,10 +129,13 @@ def initial_state(params: Params, G, D, faces_hash: str) -> None:
         return
     state, meta = load_checkpoint(Path(init))
     wanted = stylegan_config(params.gan)
-    if meta.get("config") != wanted or "G_ema" not in state or "D" not in state:
-        raise ValueError(f"gan.init {init} holds a generator with config {meta.get('config')} "
-                         f"(keys {sorted(state)}); params ask for {wanted}: match the gan section to it, "
-                         "or set gan.init: scratch")
+    if meta.get("config") != wanted:
+        raise ValueError(f"gan.init {init} holds a generator with config {meta.get('config')}; params ask "
+                         f"for {wanted}: match the gan section to it, or set gan.init: scratch")
+    if "G_ema" not in state or "D" not in state:
+        raise ValueError(f"gan.init {init} is not an exported G_ema + D checkpoint (it holds {sorted(state)}: "
+                         "a training snapshot?); point it at the generator.safetensors that train_gan "
+                         "exports at the end of a run (data/gan/)")
     if meta.get("faces_params_hash") not in (None, faces_hash):
         log.warning("gan.init %s was trained on faces data with params hash %s; today's data has %s",
                     init, meta.get("faces_params_hash"), faces_hash)

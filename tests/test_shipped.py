@@ -9,6 +9,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
+from pipeline.checkpoints import save_checkpoint
 from pipeline.generators import build_stylegan, load_generator, stylegan_config
 from pipeline.params import load_params, parse_params
 from stages import train_gan
@@ -50,7 +51,7 @@ def test_shipped_generator_generates_and_initialises_training(shipped):
         torch.testing.assert_close(value, exported[name].float().to(value.dtype), msg=name)
 
 
-def test_init_refuses_another_architecture_and_warns_on_other_data(repo_root, shipped, caplog):
+def test_init_refuses_another_architecture_or_a_snapshot_and_warns_on_other_data(repo_root, shipped, caplog, tmp_path):
     params, weights, _ = shipped
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
     raw["gan"].update(init=str(weights), channel_max=64)
@@ -59,6 +60,11 @@ def test_init_refuses_another_architecture_and_warns_on_other_data(repo_root, sh
     with pytest.raises(ValueError, match="gan.init .* holds a generator with config"):
         train_gan.initial_state(small, G, D, small.section_hash("data"))
     G, D = build_stylegan(stylegan_config(params.gan))
+    meta = json.loads(weights.with_suffix(".json").read_text())  # a training snapshot of the right config
+    snapshot = save_checkpoint(tmp_path, 1, {"trainer": {"nimg": torch.tensor(1)}}, meta)
+    raw["gan"].update(init=str(snapshot), channel_max=params.gan.channel_max)
+    with pytest.raises(ValueError, match="not an exported G_ema \\+ D checkpoint .*'trainer'.*data/gan/"):
+        train_gan.initial_state(parse_params(raw), G, D, params.section_hash("data"))
     with caplog.at_level(logging.WARNING, logger="stages.train_gan"):
         train_gan.initial_state(params, G, D, "0000000000000000")
     assert "was trained on faces data with params hash" in caplog.text
