@@ -278,6 +278,32 @@ def test_export_csv_rows_and_names(in_repo, capsys, tmp_path):
     assert list(table.index) == ["yaw", "pitch"] and table.to_numpy().tolist() == [[2.0] * 3] * 2
 
 
+def test_a_fresh_clone_reads_old_versions_from_a_remote_and_pulls(repo, capsys, tmp_path, monkeypatch):
+    """`dvc push` to a (directory) remote; a git clone with an empty DVC cache then inspects an
+    old version straight from the remote, and `dvc pull` restores the work tree's artifacts."""
+    remote = tmp_path / "remote"
+    _dvc(repo, "remote", "add", "--local", "-d", "store", str(remote))
+    try:
+        _dvc(repo, "push", "-q", "--all-commits")
+    finally:
+        _dvc(repo, "remote", "remove", "--local", "store")
+    clone = tmp_path / "clone"
+    _run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    for key, value in environment_defaults(clone).items():
+        monkeypatch.setenv(key, value)
+    _dvc(clone, "remote", "add", "--local", "-d", "store", str(remote))
+    assert not (clone / "data" / "s.zarr").exists() and not (clone / ".dvc" / "cache").exists()
+    monkeypatch.chdir(clone)
+    code, out, _ = _facesem(capsys, "inspect", "s/values", "--rev", "HEAD~1", "--export", str(tmp_path / "v.csv"))
+    assert code == 0, out
+    table = pd.read_csv(tmp_path / "v.csv", index_col="row")
+    np.testing.assert_array_equal(table.to_numpy(), np.arange(24).reshape(8, 3))  # v1, scale 1
+    _dvc(clone, "pull", "-q")
+    pulled = zarr.open_group(str(clone / "data" / "s.zarr"), mode="r")
+    assert pulled.attrs["params_hash"] == "h2"
+    np.testing.assert_array_equal(pulled["values"][:], 2 * np.arange(36, dtype=np.float32).reshape(12, 3))
+
+
 # ---------------------------------------------------------------- errors name what is at fault
 
 
