@@ -38,7 +38,7 @@ from models.peers import interfacegan, pearson  # noqa: E402
 from pipeline.artifacts import open_store  # noqa: E402
 from pipeline.datasets import resize_uint8, to_unit  # noqa: E402
 from pipeline.generators import load_generator  # noqa: E402
-from pipeline.inception import FEATURE_SPACE, inception_features  # noqa: E402
+from pipeline.inception import FEATURE_SPACE, inception_features, inception_sq_distance  # noqa: E402
 from pipeline.oracle import load_oracle, predict  # noqa: E402
 from stages.evaluate import Measure  # noqa: E402
 
@@ -64,11 +64,7 @@ def score(gen, real_stats, n: int, pairs: int, oracle_dir: Path | None = None, r
         row["mean_abs_rho"] = round(float(mean_abs_rho(_sample_w(gen, 4096, 13))), 4)
         g = torch.Generator().manual_seed(14)
         z = torch.randn(2 * pairs, gen.z_dim, generator=g)
-
-        def dist(a, b):
-            return torch.from_numpy(((inception_features(a, "cpu") - inception_features(b, "cpu")) ** 2).sum(1))
-
-        lengths = path_length(gen.mapping, gen.synthesis, dist, z, generator=g)
+        lengths = path_length(gen.mapping, gen.synthesis, inception_sq_distance, z, generator=g)
         row["ppl"] = round(ppl_summary(lengths), 1)
         row["ppl_median"] = round(float(lengths.median()), 1)
         if oracle_dir is not None:
@@ -95,20 +91,24 @@ def main(argv=None) -> None:
     for path in args.generators:
         if not path.exists():
             sys.exit(f"table1: generator {path} does not exist")
+    generators = [load_generator(path) for path in args.generators]
+    resolution = generators[0].resolution
+    if any(gen.resolution != resolution for gen in generators):
+        sys.exit("table1: the generators differ in resolution; FID rows would not compare")
     images = open_store(args.faces)["images"]
     if images.shape[0] < args.n:
         sys.exit(f"table1: --n {args.n} is more than the {images.shape[0]} faces in {args.faces}")
     idx = np.sort(np.random.default_rng(0).choice(images.shape[0], args.n, replace=False))
-    real = resize_uint8(torch.from_numpy(images[idx]), 32)  # [n, 3, 32, 32] uint8
+    real = resize_uint8(torch.from_numpy(images[idx]), resolution)  # [n, 3, r, r] uint8
     real_stats = feature_statistics(inception_features(to_unit(real), "cpu"))
     real_pose = None
     if args.oracle is not None:
         net, names = load_oracle(args.oracle)
         real_pose = predict(net, real, "cpu", 250)[:, [names.index(k) for k in POSE]]
     rows = {}
-    for path in args.generators:
+    for path, gen in zip(args.generators, generators):
         t0 = time.perf_counter()
-        rows[str(path)] = score(load_generator(path), real_stats, args.n, args.pairs, args.oracle, real_pose)
+        rows[str(path)] = score(gen, real_stats, args.n, args.pairs, args.oracle, real_pose)
         rows[str(path)]["seconds"] = round(time.perf_counter() - t0, 1)
     keys = list(next(iter(rows.values())))
     print(f"space: {FEATURE_SPACE}; n={args.n} reals vs n generations; PPL {args.pairs} pairs in W")

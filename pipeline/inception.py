@@ -45,3 +45,8 @@ def inception_features(images: torch.Tensor, device="cpu", batch: int = 50) -> n
         f = net(x)
         out.append(f.reshape(f.shape[0], -1).double().cpu().numpy())
     return np.concatenate(out)
+
+
+def inception_sq_distance(a: torch.Tensor, b: torch.Tensor, device="cpu") -> torch.Tensor:
+    """PPL's perceptual distance: squared L2 between pool3 features of images a, b [N, 3, H, W]. -> [N]."""
+    return torch.from_numpy(((inception_features(a, device) - inception_features(b, device)) ** 2).sum(1))

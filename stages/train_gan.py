@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from pipeline.datasets import load_images, resize_uint8, to_unit
 from pipeline.device import select_device
 from pipeline.distributed import World, average_gradients, barrier, broadcast_parameters, setup, teardown
 from pipeline.generators import build_stylegan, load_generator, stylegan_config
-from pipeline.inception import FEATURE_SPACE, inception_features
+from pipeline.inception import FEATURE_SPACE, inception_features, inception_sq_distance
 from pipeline.images import save_grid, to_uint8
 from pipeline.params import Params
 from pipeline.stage import stage_args
@@ -86,12 +87,9 @@ def quality_metrics(gen, reals: torch.Tensor, params: Params, device) -> dict:
     else:
         out.update(fid=None, fid_space="skipped (gan.fid_samples = 0)")
     if gan.ppl_samples:
-        def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            fa, fb = inception_features(a, device), inception_features(b, device)
-            return torch.from_numpy(((fa - fb) ** 2).sum(1))
-
         z = torch.randn(2 * gan.ppl_samples, gen.z_dim, generator=g).to(device)
-        lengths = path_length(gen.mapping, gen.synthesis, distance, z, generator=g)
+        lengths = path_length(gen.mapping, gen.synthesis, partial(inception_sq_distance, device=device), z,
+                              generator=g)
         out.update(ppl=round(ppl_summary(lengths), 3),
                    ppl_space=f"W, end sampling, eps 1e-4, {gan.ppl_samples} pairs, squared L2 of "
                              f"{FEATURE_SPACE} (no LPIPS offline)")
