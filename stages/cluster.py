@@ -86,8 +86,8 @@ def run(params: Params, components: Path, out: Path, metrics: Path) -> dict:
               "cluster_sizes": {str(c): int((labels == c).sum()) for c in clusters},
               "cluster_regions": {str(c): table[table.cluster == c].region.value_counts().to_dict() for c in clusters}}
     if params.data.source == "synthetic":  # ground-truth regions exist for synthetic faces only
-        result["purity"] = round(float(purity(labels, own.numpy())), 4)
         truth = own.numpy()
+        result["purity"] = round(float(purity(labels, truth)), 4)
         result["purity_one_cluster"] = round(float(purity(np.ones_like(labels), truth)), 4)  # the baseline
         within, across = region_cosines(units, truth)
         result["cos_within_region"], result["cos_across_region"] = round(within, 4), round(across, 4)
