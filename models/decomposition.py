@@ -163,7 +163,9 @@ class DecomposerConfig:
     Ranges (Unsup3D): depth in [min_depth, max_depth] world units, a border of
     ``border_px`` columns at each side fixed to 0.7 max + 0.3 min (None: 2 px
     at 64x64, scaled with r); rotations +-``rot_range`` degrees, translations
-    +-``xy_range`` / +-``z_range`` world units. ``depth_prior``: see the
+    +-``xy_range`` / +-``z_range`` world units. ``xy_range`` keeps the face centre
+    inside the central half of the frame (the half-frame is tan(fov / 2) = 0.0875
+    units at the face's distance 1; the synthetic data move it by up to 0.01). ``depth_prior``: see the
     module doc.
     """
 
@@ -177,7 +179,7 @@ class DecomposerConfig:
     max_depth: float = 1.1
     border_px: int | None = None
     rot_range: float = 60.0
-    xy_range: float = 0.1
+    xy_range: float = 0.04  # Unsup3D: 0.1, more than the half-frame (0.0875 at fov 10): the face could leave it
     z_range: float = 0.1
     sigma_eps: float = 1e-4
     depth_prior: float = 0.5  # amplitude (pre-tanh) of a fixed convex ellipsoid added to the raw depth; 0 = Unsup3D

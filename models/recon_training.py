@@ -9,9 +9,13 @@ light l and confidences; the renderer re-renders
 
 ``partner`` is a random derangement of the batch (never the image itself).
 Photometric loss: Laplacian negative log-likelihood with a predicted sigma,
-sqrt(2) |I - I_hat| / sigma + log sigma, averaged over channels and valid
-pixels (renderer mask of both the reconstruction and the flipped one, eroded
-by ``erode_px``; the mutual term uses its own mask). Total:
+sqrt(2) |I - I_hat| / sigma + log sigma over channels and valid pixels
+(renderer mask of both the reconstruction and the flipped one, eroded by
+``erode_px``; the mutual term uses its own mask), divided by the count of *all*
+pixels, each invalid pixel counted at a fixed ``invalid_cost``. Unsup3D divides
+by the valid count instead; that rewards rendering fewer pixels (the view turns
+the face out of the frame and the few pixels left are fit well), a degenerate
+optimum that training reached on 2 of 3 seeds of the linear chain. Total:
 
     (1 - p) (L(I_hat) + flip_weight L(I_flip)) + p L(I_mut),    p = swap_prob
 
@@ -26,7 +30,14 @@ Yaw augmentation (Sec. 3.4, ``YawTracker``): with latents w of the images
 known, keep a rolling buffer of (w, predicted yaw); every ``every`` steps
 regress v_yaw on pair differences (ridge, the buffer is usually smaller than
 d), average the unit estimates with momentum 0.995 (bias-corrected), and add
-G(w_s) to the batch, w_s = Eq. 4 of batch latents with s ~ U[-10, 10].
+G(w_s) to the batch, w_s = Eq. 4 of batch latents with s ~ U[-10, 10] (the
+paper), capped where the regression's slope predicts a yaw past
+``yaw_limit_deg``. The cap matters where the generator does not saturate: the
+linear generator turns s = 10 into yaw = 10 data stds, clamped to 90 degrees,
+edge-on profiles the view net (+-60 degrees) cannot represent; training on them
+collapsed 2 of 2 seeds of the linear chain within 250 steps of the augmentation
+start. The cap is computed from the linear slope, so it also limits s on a
+StyleGAN, whose yaw saturates by itself before s = 10.
 """
 from __future__ import annotations
 
@@ -76,21 +87,28 @@ def render_reconstructions(dec: Decomposition, partner: torch.Tensor | None = No
     return Reconstructions(*parts)
 
 
-def photometric_nll(recon: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor,
-                    mask: torch.Tensor) -> torch.Tensor:
-    """Laplacian NLL sqrt(2) |target - recon| / sigma + log sigma, mean over mask [B, 1, r, r] and channels.
+INVALID_COST = math.sqrt(2)  # NLL of a pixel off by 1 (half the [-1, 1] range) at sigma 1
 
-    recon, target [B, C, r, r]; sigma [B, 1, r, r] > 0 (broadcast over channels).
+
+def photometric_nll(recon: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor,
+                    mask: torch.Tensor, invalid_cost: float = INVALID_COST) -> torch.Tensor:
+    """Laplacian NLL sqrt(2) |target - recon| / sigma + log sigma per valid pixel and channel,
+    ``invalid_cost`` per invalid one, averaged over all of them (a 0-d tensor, nats).
+
+    recon, target [B, C, r, r]; sigma [B, 1, r, r] > 0 (broadcast over channels); mask
+    [B, 1, r, r] in {0, 1}. The count is fixed, so losing pixels never lowers the loss
+    (module doc); the invalid pixels' constant carries no gradient.
     """
     nll = math.sqrt(2) * (target - recon).abs() / sigma + sigma.log()
     m = mask.expand_as(nll)
-    return (nll * m).sum() / m.sum().clamp_min(1)
+    return ((nll * m).sum() + invalid_cost * (1 - m).sum()) / m.numel()
 
 
 def reconstruction_losses(decomposer: Decomposer, images: torch.Tensor, *, swap_prob: float = 0.0,
                           flip_weight: float = 0.5, partner: torch.Tensor | None = None,
                           erode_px: int = 1, perceptual: Perceptual | None = None,
-                          perceptual_weight: float = 1.0, fov_deg: float = 10.0
+                          perceptual_weight: float = 1.0, fov_deg: float = 10.0,
+                          invalid_cost: float = INVALID_COST
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Decomposition, Reconstructions]:
     """Loss of one batch images [B, 3, r, r] in [-1, 1] (see module doc).
 
@@ -107,8 +125,8 @@ def reconstruction_losses(decomposer: Decomposer, images: torch.Tensor, *, swap_
             raise FloatingPointError(f"non-finite decomposition output '{name}'")
     rec = render_reconstructions(dec, partner if swap_prob > 0 else None, fov_deg)
     mask = erode(rec.mask * rec.flip_mask, erode_px).detach()
-    parts = {"recon": photometric_nll(rec.recon, images, dec.conf, mask),
-             "recon_flip": photometric_nll(rec.flip, images, dec.conf_flip, mask)}
+    parts = {"recon": photometric_nll(rec.recon, images, dec.conf, mask, invalid_cost),
+             "recon_flip": photometric_nll(rec.flip, images, dec.conf_flip, mask, invalid_cost)}
     own = parts["recon"] + flip_weight * parts["recon_flip"]
     if perceptual is not None:
         parts["perceptual"] = perceptual(rec.recon, images, mask)
@@ -118,7 +136,7 @@ def reconstruction_losses(decomposer: Decomposer, images: torch.Tensor, *, swap_
     if swap_prob > 0:
         sigma = decomposer.mutual_conf(images, images[partner])
         mmask = erode(rec.mutual_mask, erode_px).detach()
-        mutual = photometric_nll(rec.mutual, images, sigma, mmask)
+        mutual = photometric_nll(rec.mutual, images, sigma, mmask, invalid_cost)
         if perceptual is not None:
             mutual = mutual + perceptual_weight * perceptual(rec.mutual, images, mmask)
         parts["mutual"] = mutual
@@ -133,9 +151,10 @@ class YawTracker:
     ``push`` latents w [B, d] with the yaw (degrees) predicted for G(w);
     ``update`` regresses yaw on pair differences of the buffer (relative
     ridge: ``ridge`` x mean diagonal of dW^T dW) and folds the unit estimate
-    into a bias-corrected moving average (``momentum``); ``direction`` is the
-    average (None before the first update) and ``sigma_w`` the standard
-    deviation of the buffer's w along it. ``extrapolate`` applies Eq. 4.
+    and its slope (degrees of yaw per unit of w along it) into bias-corrected
+    moving averages (``momentum``); ``direction`` is the average (None before
+    the first update) and ``sigma_w`` the standard deviation of the buffer's w
+    along it. ``extrapolate`` applies Eq. 4.
     """
 
     def __init__(self, capacity: int = 2048, momentum: float = 0.995, ridge: float = 1e-2,
@@ -147,6 +166,7 @@ class YawTracker:
         self.pos = 0           # next row to write
         self.updates = 0
         self.v_avg: torch.Tensor | None = None  # [d] raw moving average (not bias-corrected)
+        self.slope_avg = 0.0   # moving average of ||v|| (deg per unit w), not bias-corrected
         self.sigma_w = 1.0
 
     def push(self, w: torch.Tensor, yaw: torch.Tensor) -> None:
@@ -167,17 +187,19 @@ class YawTracker:
         return self.size >= max(2, self.min_samples)
 
     def estimate(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One regression estimate of v_yaw from the buffer: unit vector [d]."""
+        """One regression estimate of v_yaw from the buffer: [d], degrees of yaw per unit of w."""
         w, y = self.buf_w[:self.size], self.buf_y[:self.size]
         dw, dy = pair_differences(w, y, "random", generator)
         ridge = self.ridge * float((dw.double() ** 2).sum()) / dw.shape[1]
-        return unit(regress_directions(dw, dy, ridge))
+        return regress_directions(dw, dy, ridge)
 
     def update(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Fold a new estimate into the moving average; returns the averaged direction [d]."""
-        v = self.estimate(generator)
+        """Fold a new estimate into the moving averages; returns the averaged direction [d]."""
+        raw = self.estimate(generator)
+        v = unit(raw)
         self.v_avg = (1 - self.momentum) * v if self.v_avg is None else \
             self.momentum * self.v_avg + (1 - self.momentum) * v
+        self.slope_avg = self.momentum * self.slope_avg + (1 - self.momentum) * float(raw.norm())
         self.updates += 1
         self.sigma_w = float(projection_std(self.buf_w[:self.size], self.direction))
         return self.direction
@@ -189,14 +211,27 @@ class YawTracker:
             return None
         return self.v_avg / (1 - self.momentum ** self.updates)
 
-    def extrapolate(self, w: torch.Tensor, scale: float = 10.0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """Eq. 4 on w [B, d] with s ~ U[-scale, scale] per row: [B, d]."""
-        s = (torch.rand(w.shape[0], generator=generator) * 2 - 1) * scale
+    @property
+    def slope(self) -> float:
+        """Bias-corrected moving average of the regression slope, degrees of yaw per unit of w."""
+        return self.slope_avg / (1 - self.momentum ** self.updates) if self.updates else 0.0
+
+    def max_scale(self, scale: float, limit_deg: float | None) -> float:
+        """The largest |s| to extrapolate to: ``scale``, or less where the linear prediction
+        slope x s x sigma_w of the yaw would pass ``limit_deg`` (None: no limit)."""
+        if limit_deg is None or self.slope * self.sigma_w <= 0:
+            return scale
+        return min(scale, limit_deg / (self.slope * self.sigma_w))
+
+    def extrapolate(self, w: torch.Tensor, scale: float = 10.0, generator: torch.Generator | None = None,
+                    limit_deg: float | None = None) -> torch.Tensor:
+        """Eq. 4 on w [B, d] with s ~ U[-m, m] per row, m = ``max_scale(scale, limit_deg)``: [B, d]."""
+        s = (torch.rand(w.shape[0], generator=generator) * 2 - 1) * self.max_scale(scale, limit_deg)
         return manipulate(w, self.direction.to(w), s.to(w), self.sigma_w)
 
     def state_dict(self) -> dict:
-        out = {"size": self.size, "pos": self.pos, "updates": self.updates, "sigma_w": self.sigma_w}
+        out = {"size": self.size, "pos": self.pos, "updates": self.updates, "sigma_w": self.sigma_w,
+               "slope_avg": self.slope_avg}
         if self.buf_w is not None:
             out.update(buf_w=self.buf_w.clone(), buf_y=self.buf_y.clone())
         if self.v_avg is not None:
@@ -206,6 +241,7 @@ class YawTracker:
     def load_state_dict(self, state: dict) -> None:
         self.size, self.pos, self.updates = int(state["size"]), int(state["pos"]), int(state["updates"])
         self.sigma_w = float(state["sigma_w"])
+        self.slope_avg = float(state.get("slope_avg", 0.0))
         self.buf_w = state["buf_w"].clone() if "buf_w" in state else None
         self.buf_y = state["buf_y"].clone() if "buf_y" in state else None
         self.v_avg = state["v_avg"].clone() if "v_avg" in state else None
@@ -224,7 +260,8 @@ class ReconTrainer:
     ``yaw_start`` steps are done (a warm-up: early yaw estimates are noise, and
     so would be the direction extrapolated along) each step appends
     round(yaw_fraction B) generations G(w_s) of random batch latents
-    extrapolated along v_yaw (s ~ U[-yaw_scale, yaw_scale]).
+    extrapolated along v_yaw (s ~ U[-m, m], m = yaw_scale, or less where the
+    tracked slope predicts a yaw beyond ``yaw_limit_deg``: ``YawTracker.max_scale``).
 
     Non-finite inputs, decomposition outputs, losses or gradients raise
     ``FloatingPointError`` naming the culprit before any weight, optimizer or
@@ -238,7 +275,8 @@ class ReconTrainer:
                  generate: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  yaw_augment: bool = False, yaw_every: int = 10, yaw_momentum: float = 0.995,
                  yaw_scale: float = 10.0, yaw_fraction: float = 0.5, yaw_buffer: int = 2048,
-                 yaw_ridge: float = 1e-2, yaw_min_samples: int = 64, yaw_start: int = 0, seed: int = 0):
+                 yaw_ridge: float = 1e-2, yaw_min_samples: int = 64, yaw_start: int = 0, seed: int = 0,
+                 invalid_cost: float = INVALID_COST, yaw_limit_deg: float | None = None):
         if not 0.0 <= swap_prob <= 1.0:
             raise ValueError(f"swap_prob must be in [0, 1], got {swap_prob}")
         if yaw_augment and generate is None:
@@ -247,10 +285,11 @@ class ReconTrainer:
         self.optimizer = torch.optim.Adam(decomposer.parameters(), lr=lr, betas=tuple(float(b) for b in betas),
                                           weight_decay=weight_decay)
         self.flip_weight, self.swap_prob, self.erode_px = flip_weight, swap_prob, erode_px
+        self.invalid_cost = invalid_cost
         self.perceptual, self.perceptual_weight, self.fov_deg = perceptual, perceptual_weight, fov_deg
         self.generate, self.yaw_augment = generate, yaw_augment
         self.yaw_every, self.yaw_scale, self.yaw_fraction = yaw_every, yaw_scale, yaw_fraction
-        self.yaw_start = yaw_start
+        self.yaw_start, self.yaw_limit_deg = yaw_start, yaw_limit_deg
         self.yaw = YawTracker(yaw_buffer, yaw_momentum, yaw_ridge, yaw_min_samples)
         self.generator = torch.Generator().manual_seed(seed)  # CPU: derangements, augmentation draws
         self.steps = 0
@@ -266,7 +305,7 @@ class ReconTrainer:
             return images
         n = max(1, round(self.yaw_fraction * w.shape[0]))
         pick = torch.randint(w.shape[0], (n,), generator=self.generator).to(w.device)
-        w_s = self.yaw.extrapolate(w[pick], self.yaw_scale, self.generator)
+        w_s = self.yaw.extrapolate(w[pick], self.yaw_scale, self.generator, self.yaw_limit_deg)
         with torch.no_grad():
             extra = resize(self.generate(w_s).to(images), images.shape[-1])
         return torch.cat([images, extra])
@@ -278,7 +317,7 @@ class ReconTrainer:
         return reconstruction_losses(self.decomposer, images, swap_prob=self.swap_prob,
                                      flip_weight=self.flip_weight, partner=partner, erode_px=self.erode_px,
                                      perceptual=self.perceptual, perceptual_weight=self.perceptual_weight,
-                                     fov_deg=self.fov_deg)
+                                     fov_deg=self.fov_deg, invalid_cost=self.invalid_cost)
 
     def step(self, images: torch.Tensor, w: torch.Tensor | None = None) -> dict[str, float]:
         """One optimisation step; returns the loss parts (floats) and "n_augmented"."""
@@ -318,6 +357,10 @@ class ReconTrainer:
         """
         return copy.deepcopy({"decomposer": self.decomposer.state_dict(), "optimizer": self.optimizer.state_dict(),
                               "yaw": self.yaw.state_dict(), "steps": self.steps, "rng": self.generator.get_state()})
+
+    def reseed(self, seed: int) -> None:
+        """Restart the trainer's random stream (derangements, augmentation draws) from ``seed``."""
+        self.generator.manual_seed(seed)
 
     def load_state_dict(self, state: dict) -> None:
         self.decomposer.load_state_dict(state["decomposer"])

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.artifacts import write_json
 
 _NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
+log = logging.getLogger("pipeline.checkpoints")
 
 
 def flatten_state(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -83,16 +86,50 @@ def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], meta: 
     return weights
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file, what is wrong and what to do."""
+
+
 def load_checkpoint(weights: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
-    """-> (nested state, sidecar meta). Raises FileNotFoundError naming a missing file."""
+    """-> (nested state, sidecar meta).
+
+    Raises FileNotFoundError naming a missing file, and CheckpointError naming a sidecar that is
+    not a JSON object (cut mid-way, edited) or weights that safetensors cannot read (truncated,
+    corrupt, not a safetensors file).
+    """
     weights = Path(weights)
     sidecar = weights.with_suffix(".json")
     for path in (weights, sidecar):
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file {path} not found")
-    meta = json.loads(sidecar.read_text())
-    tensors = load_file(str(weights), device=str(device))
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint sidecar {sidecar} is not valid JSON ({err}; {sidecar.stat().st_size} "
+                              "bytes): it was cut mid-way or edited. Restore it (`dvc checkout`, or copy it "
+                              "again) or re-export the checkpoint") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint sidecar {sidecar} holds a {type(meta).__name__}, not a JSON object")
+    try:
+        tensors = load_file(str(weights), device=str(device))
+    except Exception as err:  # safetensors raises SafetensorError, OSError or its own ValueError
+        raise CheckpointError(f"checkpoint weights {weights} cannot be read ({type(err).__name__}: {err}; "
+                              f"{weights.stat().st_size} bytes): the file is truncated, corrupt or not a "
+                              "safetensors file. Restore it (`dvc checkout`, or copy it again) or re-export "
+                              "it") from None
     return unflatten_state(tensors, meta.pop("state_extra", {})), meta
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], weights: str | Path, what: str) -> None:
+    """``module.load_state_dict(state)``; a mismatch raises CheckpointError naming the file and
+    the architecture (``what``) its sidecar described."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError) as err:
+        detail = str(err).strip().splitlines()
+        raise CheckpointError(f"{weights}: its weights do not fit the {what} that its sidecar describes "
+                              f"({' '.join(detail[:3])[:400]}): it was written by another version of the code "
+                              "or its files were mixed up; re-export it") from None
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
@@ -122,3 +159,38 @@ def write_curves(path: Path, rows: list[dict], columns) -> None:
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
+
+
+def changed_keys(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for every key whose value differs (a run's trajectory params)."""
+    if old is None:
+        return ["unknown (the earlier checkpoint did not record its params)"]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def set_aside(run_dir: str | Path, stage: str, changes: list[str]) -> Path | None:
+    """Move an earlier run's folder (checkpoints, curves, panels) aside as ``<name>.old-<UTC time>``
+    instead of deleting it, and log which params changed. Returns the new path (None: nothing there).
+
+    A run that cannot resume (its trajectory params or data differ) never destroys the hours of
+    training it holds: rename it back, with its params, to continue it.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    dest, n = run_dir.with_name(f"{run_dir.name}.old-{stamp}"), 1
+    while dest.exists():
+        dest, n = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}"), n + 1
+    run_dir.rename(dest)
+    log.warning("%s: %s holds a run with other params (%s); moved aside to %s, nothing deleted. To continue "
+                "that run instead, restore its params and rename the folder back.", stage, run_dir,
+                "; ".join(changes) or "none recorded", dest)
+    return dest
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` ``ckpt-*`` checkpoints (weights and sidecar) of a run."""
+    for old in sorted(Path(folder).glob("ckpt-*.safetensors"))[:-keep]:
+        old.unlink()
+        old.with_suffix(".json").unlink(missing_ok=True)

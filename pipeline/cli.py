@@ -22,6 +22,48 @@ import pipeline  # noqa: F401  (sets DVC/Prefect environment defaults first)
 from pipeline.env import project_root
 
 
+# ---- argument types: one per kind of value, shared by every command (argparse exits 2 naming the argument)
+
+
+def _arg_type(parse, name: str):
+    """An argparse type from a parser that raises ValueError with the reason."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    convert.__name__ = name
+    return convert
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value == float("inf"):
+            raise ValueError(f"must be a positive finite {kind.__name__}, got {text!r}")
+        return value
+    return _arg_type(parse, f"positive {kind.__name__}")
+
+
+def _scales(text: str):
+    from pipeline.edit import parse_scales  # noqa: PLC0415
+
+    return parse_scales(text)
+
+
+def _seeds(text: str):
+    from pipeline.edit import parse_seeds  # noqa: PLC0415
+
+    return parse_seeds(text)
+
+
+POSITIVE_INT, POSITIVE_FLOAT = _positive(int), _positive(float)
+SCALES, SEEDS = _arg_type(_scales, "scales"), _arg_type(_seeds, "seeds")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.flow import run_pipeline
 
@@ -101,12 +143,12 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from pipeline.device import select_device
-    from pipeline.edit import edit_grid, load_direction, parse_scales, parse_seeds
+    from pipeline.edit import edit_grid, load_direction
     from pipeline.generators import load_generator
     from pipeline.images import save_grid
 
     root = project_root()
-    seeds, scales = parse_seeds(args.seeds), parse_scales(args.scales)
+    seeds, scales = args.seeds, args.scales
     stores = [root / args.directions] if args.directions else \
         [root / "data" / n for n in ("directions.zarr", "components.zarr") if (root / "data" / n).exists()]
     if not stores:
@@ -130,12 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the flow on a schedule (the Prefect server of PREFECT_API_URL)")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--cron", help='a cron expression, e.g. "0 3 * * *" (every day at 03:00)')
-    when.add_argument("--interval", type=float, metavar="SECONDS", help="or a run every SECONDS")
+    when.add_argument("--interval", type=POSITIVE_FLOAT, metavar="SECONDS", help="or a run every SECONDS")
     p.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule (default: UTC)")
     p.add_argument("--name", default="scheduled", help="deployment name: facesem/NAME (default: scheduled)")
     p.add_argument("--target", action="append", help="only this stage and its upstream (repeatable)")
     p.add_argument("--force", action="store_true", help="re-run stages even if up to date")
-    p.add_argument("--limit", type=int, default=1,
+    p.add_argument("--limit", type=POSITIVE_INT, default=1,
                    help="flow runs at once (default 1: a run that comes due while one runs waits)")
     p.add_argument("--dry-run", action="store_true",
                    help="build the deployment and print it (name, entrypoint, schedule, parameters) "
@@ -153,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: the work tree)")
     p.add_argument("--export", metavar="OUT", help="OUT.png: a grid of uint8 [N, 3, H, W] images; "
                                                    "OUT.csv: the rows of a 1-D or 2-D array")
-    p.add_argument("--rows", type=int, help="rows exported (default: 16 images, every row of a CSV)")
-    p.add_argument("--zoom", type=int, default=1, help="nearest-neighbour upscaling of an exported PNG")
+    p.add_argument("--rows", type=POSITIVE_INT, help="rows exported (default: 16 images, every row of a CSV)")
+    p.add_argument("--zoom", type=POSITIVE_INT, default=1, help="nearest-neighbour upscaling of an exported PNG")
     p.add_argument("--diff", nargs=2, metavar=("REV1", "REV2"),
                    help="compare params, metrics and array statistics of two revisions ('workspace': the work tree)")
     p.set_defaults(func=cmd_inspect)
@@ -165,14 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("edit", help="a grid of generations moved along a named direction (Eq. 4)")
     p.add_argument("--direction", required=True, help="e.g. yaw, pitch, light_x (see directions.zarr)")
-    p.add_argument("--seeds", default="0,1,2", help="comma list: one row per seed")
-    p.add_argument("--scales", default="-3:3:7", help="s of Eq. 4: start:stop:count or a comma list")
+    p.add_argument("--seeds", type=SEEDS, default="0,1,2", help="comma list: one row per seed")
+    p.add_argument("--scales", type=SCALES, default="-3:3:7", help="s of Eq. 4: start:stop:count or a comma list")
     p.add_argument("--out", default="edit.png")
     p.add_argument("--directions", help="a directions store (default: data/directions.zarr, "
                                         "then data/components.zarr)")
     p.add_argument("--generator", default="data/gan/generator.safetensors")
     p.add_argument("--device", default="auto")
-    p.add_argument("--zoom", type=int, default=3, help="nearest-neighbour upscaling of the PNG")
+    p.add_argument("--zoom", type=POSITIVE_INT, default=3, help="nearest-neighbour upscaling of the PNG")
     p.set_defaults(func=cmd_edit)
     return parser
 
@@ -192,7 +234,10 @@ def _join_negative_values(argv: list[str], options=("--scales",)) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a bad argument (2, named by argparse on stderr)
+        return int(done.code or 0)
     try:
         return args.func(args)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:

@@ -33,21 +33,36 @@ def load_direction(stores: str | Path | list, name: str) -> tuple[torch.Tensor, 
 
 
 def parse_scales(text: str) -> list[float]:
-    """'-3:3:7' (start:stop:count, inclusive) or '-2,0,2' -> scales s of Eq. 4."""
+    """'-3:3:7' (start:stop:count, inclusive, count >= 1) or '-2,0,2' -> finite scales s of Eq. 4.
+
+    Raises ValueError naming the text for anything else (a zero or negative count, a
+    non-number, inf / nan).
+    """
+    bad = f"--scales must be start:stop:count (count >= 1) or a comma list of finite numbers, got {text!r}"
     try:
         if ":" in text:
             lo, hi, count = text.split(":")
-            return np.linspace(float(lo), float(hi), int(count)).round(6).tolist()
-        return [float(x) for x in text.split(",")]
+            if int(count) < 1:
+                raise ValueError
+            values = np.linspace(float(lo), float(hi), int(count)).round(6).tolist()
+        else:
+            values = [float(x) for x in text.split(",")]
     except ValueError:
-        raise ValueError(f"--scales must be start:stop:count or a comma list, got {text!r}") from None
+        raise ValueError(bad) from None
+    if not np.isfinite(values).all():
+        raise ValueError(bad)
+    return values
 
 
 def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> seeds (integers >= 0); raises ValueError naming the text otherwise."""
     try:
-        return [int(x) for x in text.split(",")]
+        seeds = [int(x) for x in text.split(",")]
     except ValueError:
-        raise ValueError(f"--seeds must be a comma list of integers, got {text!r}") from None
+        seeds = None
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"--seeds must be a comma list of integers >= 0, got {text!r}")
+    return seeds
 
 
 @torch.no_grad()

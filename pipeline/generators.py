@@ -13,7 +13,7 @@ import torch
 
 from models.linear_generator import LinearFaceGenerator
 from models.stylegan2 import Discriminator, Generator
-from pipeline.checkpoints import load_checkpoint
+from pipeline.checkpoints import CheckpointError, load_checkpoint, load_weights
 from pipeline.params import GanParams
 
 STYLEGAN_KEYS = ("z_dim", "w_dim", "mapping_layers", "resolution", "channel_base", "channel_max")
@@ -79,13 +79,18 @@ def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> L
     """Load the generator a `train_gan` run exported (`generator.safetensors` + sidecar)."""
     state, meta = load_checkpoint(weights, device)
     kind = meta.get("kind")
-    if kind == "stylegan2":
-        net, _ = build_stylegan(meta["config"])
-        net.load_state_dict({k: v.float() for k, v in state["G_ema"].items()})
-    elif kind == "linear":
-        net = LinearFaceGenerator(meta["config"]["w_dim"], state["f0"], state["scale"],
-                                  meta["config"]["resolution"], asymmetry=meta["config"]["asymmetry"])
-        net.load_state_dict(state)
-    else:
-        raise ValueError(f"{weights}: unknown generator kind {kind!r} in its sidecar")
+    try:
+        if kind == "stylegan2":
+            net, _ = build_stylegan(meta["config"])
+            load_weights(net, {k: v.float() for k, v in state["G_ema"].items()}, weights, f"StyleGAN2 {meta['config']}")
+        elif kind == "linear":
+            net = LinearFaceGenerator(meta["config"]["w_dim"], state["f0"], state["scale"],
+                                      meta["config"]["resolution"], asymmetry=meta["config"]["asymmetry"])
+            load_weights(net, state, weights, "linear generator")
+        else:
+            raise CheckpointError(f"{weights}: unknown generator kind {kind!r} in its sidecar (stylegan2 or linear "
+                                  "expected): is it a generator that train_gan exported?")
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{weights}: its sidecar or weights lack {err} for a {kind} generator: is it a "
+                              "generator that train_gan exported (data/gan/generator.safetensors)?") from None
     return LatentGenerator(net.to(device).eval().requires_grad_(False), kind, meta)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -24,15 +24,40 @@ def find_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_face_image(path: Path, resolution: int, min_size: int, crop: str) -> np.ndarray:
-    """One photo -> uint8 [3, resolution, resolution]; raises ValueError with the reason
-    when the file is unreadable, truncated or smaller than `min_size` pixels."""
+def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB: 16/32-bit integer data scaled from the 16-bit range, alpha
+    composited over ``background``; raises ValueError for data with no defined range (mode F)."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im, dtype=np.float64)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise ValueError(f"{im.mode} pixels outside the 16-bit range ({arr.min():g}..{arr.max():g})")
+        im = Image.fromarray(np.rint(arr / 257.0).astype(np.uint8), "L")
+    elif im.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no defined range; convert to 8 or 16 bits")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_face_image(path: Path, resolution: int, min_size: int, crop: str,
+                    background: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """One photo -> uint8 [3, resolution, resolution].
+
+    Applies the EXIF orientation (as photo viewers do), scales 16-bit greyscale to 8 bits,
+    composites transparency over ``background`` (RGB 0..255, data.alpha_background), then
+    center-crops (``crop``) and resizes with Lanczos. Raises ValueError with the reason for
+    a file that cannot be used: unreadable, truncated, smaller than ``min_size``, no range.
+    """
     try:
         with Image.open(path) as im:
             im.load()  # decodes fully: truncated files fail here
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"unreadable: {err}") from None
+            rgb = _to_rgb(ImageOps.exif_transpose(im), tuple(background))
+    except ValueError:
+        raise
+    except Exception as err:  # Pillow raises many kinds (OSError, SyntaxError, struct.error, ...)
+        raise ValueError(f"unreadable: {type(err).__name__}: {err}") from None
     w, h = rgb.size
     if min(w, h) < min_size:
         raise ValueError(f"too small: {w}x{h} < data.min_size={min_size}")

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from models.oracle import FactorRegressor
-from pipeline.checkpoints import load_checkpoint
+from pipeline.checkpoints import CheckpointError, load_checkpoint, load_weights
 from pipeline.datasets import to_unit
 
 
@@ -20,7 +20,11 @@ def predict(model: FactorRegressor, images: torch.Tensor, device, batch: int = 5
 
 def load_oracle(folder: Path, device="cpu") -> tuple[FactorRegressor, list[str]]:
     """The trained oracle and its factor names."""
-    state, meta = load_checkpoint(folder / "oracle.safetensors", device)
-    model = FactorRegressor(len(meta["factor_names"]), meta["resolution"], meta["width"])
-    model.load_state_dict(state)
+    weights = folder / "oracle.safetensors"
+    state, meta = load_checkpoint(weights, device)
+    try:
+        model = FactorRegressor(len(meta["factor_names"]), meta["resolution"], meta["width"])
+    except KeyError as err:
+        raise CheckpointError(f"{weights}: its sidecar lacks {err}: is it an oracle that train_oracle wrote?") from None
+    load_weights(model, state, weights, f"oracle (width {meta['width']}, {meta['resolution']} px)")
     return model.to(device).eval(), meta["factor_names"]

@@ -14,8 +14,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 
+Byte = Annotated[int, Field(ge=0, le=255)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # non-finite floats (.inf, .nan) are refused everywhere: no key documents a use for them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _power_of_two(v: int) -> int:
+    """Resolutions the networks halve down to 4x4 must be powers of 2."""
+    if v < 1 or v & (v - 1):
+        raise ValueError(f"must be a power of 2 (the networks halve it down to 4x4), got {v}")
+    return v
 
 
 class DataParams(Section):
@@ -32,6 +43,7 @@ class DataParams(Section):
     chunk: int = Field(512, ge=1)                # zarr chunk along the sample axis
     min_size: int = Field(32, ge=1)              # folder: shorter side below this is skipped
     crop: Literal["center", "none"] = "center"   # folder: square crop before resizing
+    alpha_background: tuple[Byte, Byte, Byte] | None = None  # folder: RGB (0..255) under transparency; None: black
 
 
 class PreviewParams(Section):
@@ -69,6 +81,8 @@ class GanParams(Section):
     metric_samples: int = Field(2048, ge=64)     # samples for mean |rho| of W
     fid_samples: int = Field(500, ge=0)          # real and generated images for FID; 0 = skip
     ppl_samples: int = Field(100, ge=0)          # W path pairs for PPL; 0 = skip
+
+    _resolution = field_validator("resolution")(_power_of_two)
 
 
 class LatentsParams(Section):
@@ -112,6 +126,7 @@ class ReconParams(Section):
     yaw_start: int = Field(1000, ge=0)           # steps before augmenting (v_yaw is still estimated)
     yaw_momentum: float = Field(0.995, ge=0, lt=1)
     yaw_scale: float = Field(10.0, gt=0)         # s ~ U[-scale, scale] in Eq. 4
+    yaw_limit_deg: float | None = Field(54.0, gt=0, le=90)  # cap s where the predicted yaw passes this; None: off
     yaw_fraction: float = Field(0.5, gt=0, le=4)  # augmented images per batch image
     truncation_psi: float = Field(1.0, gt=0, le=1)  # train_on generator: sampling of w
     snapshot_steps: int = Field(250, ge=1)       # checkpoint + panel period
@@ -122,14 +137,13 @@ class ReconParams(Section):
     n_eval: int = Field(512, ge=8)
     eval_seed: int = Field(12345, ge=0)
     eval_batch: int = Field(256, ge=1)           # images per forward pass (evaluation, decompose)
+    invalid_cost: float = Field(1.4142, ge=0)  # loss of a pixel the view leaves unrendered
+    probe_images: int = Field(64, ge=8, le=1024)  # fixed images checked for a collapse at every snapshot
+    max_recoveries: int = Field(2, ge=0)          # restarts from the best healthy snapshot (new seed) on a collapse
+    allow_degenerate: bool = False               # decompose: go on with a decomposer marked degenerate
     seed: int = Field(0, ge=0)
 
-    @field_validator("resolution")
-    @classmethod
-    def _power_of_two(cls, v: int) -> int:
-        if v & (v - 1):
-            raise ValueError(f"must be a power of 2, got {v}")
-        return v
+    _resolution = field_validator("resolution")(_power_of_two)
 
 
 class RegressParams(Section):
@@ -182,6 +196,19 @@ class ReportParams(Section):
     seeds: list[int] = [0, 1]                    # faces edited per direction
     scale: float = Field(3.0, gt=0)              # s in [-scale, scale]
     steps: int = Field(7, ge=2)
+
+    @field_validator("directions")
+    @classmethod
+    def _known_directions(cls, value: list[str]) -> list[str]:
+        from models.renderer import LIGHT_NAMES, VIEW_NAMES  # noqa: PLC0415  (the 14 semantics' names)
+
+        names = VIEW_NAMES + LIGHT_NAMES
+        unknown = [v for v in value if v not in names]
+        if unknown:
+            raise ValueError(f"unknown direction(s) {unknown}; the semantics are {list(names)}")
+        if not value:
+            raise ValueError("at least one direction is needed for the edit figure")
+        return value
 
 
 class FlowParams(Section):
@@ -248,8 +275,12 @@ class Params(Section):
     flow: FlowParams = FlowParams()
 
     def section_hash(self, *names: str) -> str:
-        """sha256 (first 16 hex digits) of the named sections (all when none given)."""
-        dump = self.model_dump()
+        """sha256 (first 16 hex digits) of the named sections (all when none given).
+
+        Keys set to None are left out, so that adding an optional key (default None) keeps
+        the hashes that artifacts and shipped checkpoints recorded.
+        """
+        dump = self.model_dump(exclude_none=True)
         chosen = {n: dump[n] for n in (names or sorted(dump))}
         text = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]

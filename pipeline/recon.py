@@ -15,7 +15,7 @@ from models.decomposition import Decomposer, DecomposerConfig, resize
 from models.recon_metrics import ground_truth_errors
 from models.recon_training import render_reconstructions
 from models.renderer import LIGHT_NAMES, VIEW_NAMES, shade
-from pipeline.checkpoints import load_checkpoint
+from pipeline.checkpoints import load_checkpoint, load_weights
 from pipeline.images import to_uint8
 from pipeline.params import Params, ReconParams
 
@@ -29,13 +29,21 @@ def decomposer_config(recon: ReconParams) -> DecomposerConfig:
     return DecomposerConfig(**{k: getattr(recon, k) for k in CONFIG_KEYS})
 
 
-def load_decomposer(weights: str | Path, device="cpu") -> Decomposer:
-    """The decomposer `train_recon` exported (decomposer.safetensors + sidecar with its config)."""
+def load_decomposer(weights: str | Path, device="cpu", allow_degenerate: bool = False) -> Decomposer:
+    """The decomposer `train_recon` exported (decomposer.safetensors + sidecar with its config).
+
+    Raises ValueError when the sidecar marks it degenerate (a collapsed or hollow-face
+    decomposition, `train_recon`'s verdict) unless ``allow_degenerate``.
+    """
     state, meta = load_checkpoint(weights, device)
     if "config" not in meta:
         raise ValueError(f"{weights}: sidecar has no decomposer 'config'; was it written by train_recon?")
+    if meta.get("degenerate") and not allow_degenerate:
+        raise ValueError(f"{weights}: train_recon marked this decomposition degenerate "
+                         f"({'; '.join(meta.get('degenerate_reasons', []))}); everything downstream would "
+                         "inherit it. Retrain (another recon.seed), or set recon.allow_degenerate: true to go on.")
     model = Decomposer(DecomposerConfig(**meta["config"]))
-    model.load_state_dict(state)
+    load_weights(model, state, weights, f"decomposer {meta['config']}")
     return model.to(device).eval().requires_grad_(False)
 
 

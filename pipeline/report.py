@@ -20,7 +20,7 @@ figure { margin: 1em 0; } figcaption, .reading { color: #555; font-size: .92em; 
 img { max-width: 100%; image-rendering: pixelated; border: 1px solid #eee; }
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
-th { background: #f5f5f5; } .missing { color: #a33; }
+th { background: #f5f5f5; } .missing { color: #a33; } .warning { color: #a00; font-weight: bold; }
 """
 
 CHECK_IMAGES = """
@@ -41,6 +41,11 @@ class Section:
     def text(self, text: str, reading: bool = False) -> Section:
         cls = ' class="reading"' if reading else ""
         self.blocks.append(f"<p{cls}>{html.escape(text)}</p>")
+        return self
+
+    def warning(self, text: str) -> Section:
+        """A statement of something that failed, shown first-class (red, bold)."""
+        self.blocks.append(f'<p class="warning">{html.escape(text)}</p>')
         return self
 
     def image(self, path: Path, caption: str) -> Section:

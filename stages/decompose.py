@@ -42,7 +42,7 @@ def decompose_chunk(model: Decomposer, images: np.ndarray, batch: int, device) -
 def run(params: Params, decomposer: Path, latents: Path, out: Path, mode: Mode = None) -> None:
     """Write semantics.zarr (mode: see pipeline.sharding)."""
     device = select_device(params.device)
-    model = load_decomposer(decomposer, device)
+    model = load_decomposer(decomposer, device, params.recon.allow_degenerate)
     src = open_store(latents)
     images = src["images"]
     n, chunk, r = images.shape[0], images.chunks[0], model.resolution

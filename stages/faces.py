@@ -85,9 +85,10 @@ def ingest_folder(params: Params, out: Path) -> tuple[dict, list[Skipped]]:
     kept, skipped = [], []
     for path in tqdm(files, desc="ingest", unit="file"):
         try:
-            kept.append(load_face_image(path, d.resolution, d.min_size, d.crop))
-        except ValueError as err:
-            skipped.append(Skipped(str(path), str(err)))
+            kept.append(load_face_image(path, d.resolution, d.min_size, d.crop, tuple(d.alpha_background or (0, 0, 0))))
+        except Exception as err:  # noqa: BLE001  one bad file never stops the stage: it is listed instead
+            reason = str(err) if isinstance(err, ValueError) else f"failed: {type(err).__name__}: {err}"
+            skipped.append(Skipped(str(path), reason))
     for s in skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
     if not kept:

@@ -145,6 +145,15 @@ def run(params: Params, data: Path, out: Path) -> dict:
     summary.append("## Table 1: GAN quality\n\n" + markdown_table(table1))
 
     rec = Section("3D decomposition (Fig. 2 and 5)")
+    if recon.get("degenerate"):
+        rec.warning("DEGENERATE decomposition: " + "; ".join(recon.get("degenerate_reasons", []))
+                    + ". Every direction below inherits it.")
+    elif "degenerate" in recon:
+        rec.text(f"Verdict: healthy (no collapse sign on the probe images; exported step "
+                 f"{recon.get('exported_step')}).", reading=True)
+    for r in recon.get("recoveries", []):
+        rec.warning(f"Collapse at step {r['step']} ({'; '.join(r['reasons'])}); training restarted from step "
+                    f"{r['restart_step']} with seed {r['seed']}.")
     rec.image(data / "recon" / "panel.png", "Input, reconstruction, canonical albedo, canonical depth (shaded), "
               "confidence")
     rec.image(data / "recon" / "yaw_scatter.png", "Estimated against true yaw on rendered faces (Fig. 5)")

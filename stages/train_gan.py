@@ -24,7 +24,8 @@ from models.gan_metrics import feature_statistics, frechet_distance, path_length
 from models.gan_training import GANTrainer
 from models.linear_generator import LinearFaceGenerator
 from pipeline.artifacts import open_store, write_json
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint, read_curves, save_checkpoint, write_curves
+from pipeline.checkpoints import (CheckpointError, changed_keys, latest_checkpoint, load_checkpoint, load_weights,
+                                  prune_checkpoints, read_curves, save_checkpoint, set_aside, write_curves)
 from pipeline.datasets import load_images, resize_uint8, to_unit
 from pipeline.device import select_device
 from pipeline.distributed import World, average_gradients, barrier, broadcast_parameters, setup, teardown
@@ -43,10 +44,14 @@ CURVE_KEYS = ("kimg", "loss_G", "loss_D", "loss_D_real", "loss_D_fake", "decorr"
               "r1_penalty", "pl_penalty", "img_per_s")
 
 
+def trajectory(params: Params) -> dict:
+    """The gan params that shape training (all but NOT_TRAJECTORY)."""
+    return {k: v for k, v in params.gan.model_dump().items() if k not in NOT_TRAJECTORY}
+
+
 def trajectory_hash(params: Params) -> str:
-    """Hash of the gan params that shape training (all but NOT_TRAJECTORY)."""
-    trajectory = {k: v for k, v in params.gan.model_dump().items() if k not in NOT_TRAJECTORY}
-    return hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of ``trajectory(params)``."""
+    return hashlib.sha256(json.dumps(trajectory(params), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def grid_latents(params: Params, z_dim: int, device) -> torch.Tensor:
@@ -125,7 +130,10 @@ def initial_state(params: Params, G, D, faces_hash: str) -> None:
     init = params.gan.init
     if init == "scratch":
         return
-    state, meta = load_checkpoint(Path(init))
+    try:
+        state, meta = load_checkpoint(Path(init))
+    except (CheckpointError, FileNotFoundError) as err:
+        raise type(err)(f"gan.init: {err}") from None
     wanted = stylegan_config(params.gan)
     if meta.get("config") != wanted:
         raise ValueError(f"gan.init {init} holds a generator with config {meta.get('config')}; params ask "
@@ -137,8 +145,8 @@ def initial_state(params: Params, G, D, faces_hash: str) -> None:
     if meta.get("faces_params_hash") not in (None, faces_hash):
         log.warning("gan.init %s was trained on faces data with params hash %s; today's data has %s",
                     init, meta.get("faces_params_hash"), faces_hash)
-    G.load_state_dict({k: v.float() for k, v in state["G_ema"].items()})
-    D.load_state_dict({k: v.float() for k, v in state["D"].items()})
+    load_weights(G, {k: v.float() for k, v in state["G_ema"].items()}, init, f"StyleGAN2 G {wanted}")
+    load_weights(D, {k: v.float() for k, v in state["D"].items()}, init, f"StyleGAN2 D {wanted}")
     log.info("initialised from %s (%s kimg)", init, meta.get("kimg"))
 
 
@@ -166,14 +174,16 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
     ckpt_dir, curves = run_dir / "checkpoints", run_dir / "curves.csv"
     shown = 0  # real images shown in this run
     latest = latest_checkpoint(ckpt_dir)
-    if latest is not None and load_checkpoint(latest)[1].get("run_hash") == run_hash:
+    old_meta = load_checkpoint(latest)[1] if latest is not None else {}
+    run_params = {**trajectory(params), "faces_params_hash": faces_attrs["params_hash"]}
+    if latest is not None and old_meta.get("run_hash") == run_hash:
         state, meta = load_checkpoint(latest, device)
         trainer.load_state_dict(state["trainer"])
         sampler.set_state(state["sampler"])
         shown = int(meta["shown"])
         log.info("resuming from %s (%.1f kimg of %.1f)", latest.name, shown / 1000, gan.kimg)
-    elif run_dir.exists() and world.main:
-        shutil.rmtree(run_dir)  # another run's state: start clean
+    elif world.main:  # another run's state: moved aside, never deleted
+        set_aside(run_dir, "train_gan", changed_keys(old_meta.get("trajectory"), run_params))
     if world.size > 1:  # each rank its own stream of reals, latents and noise, resumable from the step
         trainer.seed(gan.seed + 1_000_003 * world.rank + trainer.step_count)
         sampler.manual_seed(gan.seed + 1_000_003 * world.rank + trainer.step_count + 1)
@@ -183,16 +193,14 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
     rows = read_curves(curves, "kimg", shown / 1000)
     z_grid = grid_latents(params, gan.z_dim, device)
     meta_base = {"kind": "stylegan2", "config": config, "params_hash": params.section_hash("gan"),
-                 "run_hash": run_hash, "faces_params_hash": faces_attrs["params_hash"],
+                 "run_hash": run_hash, "faces_params_hash": faces_attrs["params_hash"], "trajectory": run_params,
                  "init": gan.init, "device": str(device), "torch": torch.__version__}
 
     def snapshot() -> None:
         state = {"trainer": trainer.state_dict(), "sampler": sampler.get_state()}
         save_checkpoint(ckpt_dir, trainer.step_count, state, {**meta_base, "shown": shown,
                                                               "kimg": shown / 1000})
-        for old in sorted(ckpt_dir.glob("ckpt-*.safetensors"))[:-gan.keep_checkpoints]:
-            old.unlink()
-            old.with_suffix(".json").unlink(missing_ok=True)
+        prune_checkpoints(ckpt_dir, gan.keep_checkpoints)
         with torch.no_grad():
             samples = trainer.G_ema.synthesis(trainer.G_ema.mapping(z_grid, broadcast=False,
                                                                     update_w_avg=False), noise_mode="const")

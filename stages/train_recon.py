@@ -6,6 +6,12 @@ Sec. 3.4); `faces` trains on the images of `--faces` (no latents, no yaw augment
 Writes `--out` (decomposer.safetensors + sidecar, panel.png, yaw_scatter.png, eval.csv),
 keeps checkpoints, per-snapshot panels and curves.csv in `--run` (persisted by DVC, so an
 interrupted run resumes), and ground-truth metrics on synthetic faces in `--metrics`.
+
+Every snapshot is checked for a collapse on a fixed probe batch (models.recon_health, logged
+to health.csv). A collapsed snapshot restarts training from the best healthy one with a new
+seed (`recon.max_recoveries` times, then the stage fails naming the signs); the best healthy
+snapshot, not the last, is exported. `recon.json` records the verdict (`degenerate`, `reasons`,
+`recoveries`, `exported_step`); `decompose` refuses a decomposer marked degenerate.
 """
 from __future__ import annotations
 
@@ -21,9 +27,11 @@ import torch
 from tqdm import tqdm
 
 from models.decomposition import SEMANTIC_NAMES, Decomposer, resize
+from models.recon_health import HealthMonitor, probe
 from models.recon_training import ReconTrainer
 from pipeline.artifacts import open_store, write_json
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint, read_curves, save_checkpoint, write_curves
+from pipeline.checkpoints import (changed_keys, latest_checkpoint, load_checkpoint, prune_checkpoints, read_curves,
+                                  save_checkpoint, set_aside, write_curves)
 from pipeline.datasets import load_images, to_unit
 from pipeline.device import select_device
 from pipeline.distributed import World, average_gradients, barrier, broadcast_parameters, setup, teardown
@@ -36,7 +44,7 @@ from pipeline.stage import stage_args
 log = logging.getLogger("stages.train_recon")
 # recon params that do not change the training trajectory (a longer run resumes)
 NOT_TRAJECTORY = {"steps", "snapshot_steps", "log_every", "keep_checkpoints", "panel_images", "eval_pose",
-                  "n_eval", "eval_seed", "eval_batch"}
+                  "n_eval", "eval_seed", "eval_batch", "max_recoveries", "allow_degenerate"}
 CURVE_KEYS = ("step", "total", "recon", "recon_flip", "mutual", "n_augmented", "yaw_updates", "img_per_s")
 
 
@@ -54,10 +62,14 @@ class Batches:
             self.source_id = hashlib.sha256(generator.read_bytes()).hexdigest()[:16]
             z = torch.randn(rc.panel_images, self.gen.z_dim, generator=torch.Generator().manual_seed(rc.seed + 1))
             self.panel_images = self._generate(z)[0]
+            z = torch.randn(rc.probe_images, self.gen.z_dim, generator=torch.Generator().manual_seed(rc.seed + 2))
+            self.probe_images = self._generate(z)[0]
         else:
             self.images, attrs = load_images(faces, rc.resolution)
             self.source_id = attrs["params_hash"]
             self.panel_images = to_unit(self.images[:rc.panel_images]).to(device)
+            pick = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(rc.seed + 2))
+            self.probe_images = to_unit(self.images[pick[:rc.probe_images]]).to(device)
 
     @torch.no_grad()
     def _generate(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,11 +88,15 @@ class Batches:
         return to_unit(self.images[idx]).to(self.device), None
 
 
-def trajectory_hash(params: Params, source_id: str) -> str:
-    """Hash of the recon params that shape training, and of the training images' source."""
+def trajectory(params: Params, source_id: str) -> dict:
+    """The recon params that shape training, the training images' source and the face model's asymmetry."""
     keep = {k: v for k, v in params.recon.model_dump().items() if k not in NOT_TRAJECTORY}
-    text = json.dumps({"recon": keep, "source": source_id, "asymmetry": params.data.asymmetry}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return {**keep, "source": source_id, "asymmetry": params.data.asymmetry}
+
+
+def trajectory_hash(params: Params, source_id: str) -> str:
+    """Hash of ``trajectory(params, source_id)``."""
+    return hashlib.sha256(json.dumps(trajectory(params, source_id), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
@@ -93,13 +109,28 @@ def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
     return ReconTrainer(model, lr=rc.lr, weight_decay=rc.weight_decay, flip_weight=rc.flip_weight,
                         swap_prob=rc.swap_prob, generate=batches.synthesize if augment else None,
                         yaw_augment=augment, yaw_every=rc.yaw_every, yaw_start=rc.yaw_start, yaw_momentum=rc.yaw_momentum,
-                        yaw_scale=rc.yaw_scale, yaw_fraction=rc.yaw_fraction, seed=rc.seed)
+                        yaw_scale=rc.yaw_scale, yaw_fraction=rc.yaw_fraction, seed=rc.seed,
+                        invalid_cost=rc.invalid_cost, yaw_limit_deg=rc.yaw_limit_deg)
+
+
+HEALTH_KEYS = ("step", "probe_loss", "valid_frac", "recon_contrast", "albedo_std", "yaw_std_deg",
+               "yaw_flip_bias_deg", "convexity", "verdict")
+
+
+class Collapse(SystemExit):
+    """train_recon stopped: the decomposition collapsed and no recovery is left."""
 
 
 def train(params: Params, batches: Batches, run_dir: Path, device, world: World | None = None
           ) -> tuple[ReconTrainer, dict]:
     """Train to recon.steps, resuming from run_dir's newest matching checkpoint. Under torchrun
-    each rank trains on batch_size / world images per step with averaged gradients; rank 0 writes."""
+    each rank trains on batch_size / world images per step with averaged gradients; rank 0 writes.
+
+    Each snapshot is probed (models.recon_health): a collapsed one restarts from the best healthy
+    snapshot (or from scratch when there is none) with seed recon.seed + 1000 k for the k-th
+    recovery; after recon.max_recoveries the stage raises ``Collapse``. Returns the trainer holding
+    the best healthy snapshot's weights and the run's info (``exported_step``, ``recoveries``, ...).
+    """
     rc = params.recon
     world = world or World(0, 1, device)
     if rc.batch_size % world.size:
@@ -107,15 +138,23 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
     trainer = build_trainer(params, batches, device)
     broadcast_parameters(trainer.decomposer)
     run_hash = trajectory_hash(params, batches.source_id)
-    ckpt_dir, curves = run_dir / "checkpoints", run_dir / "curves.csv"
+    ckpt_dir, curves, health_csv = run_dir / "checkpoints", run_dir / "curves.csv", run_dir / "health.csv"
+    best_ckpt = ckpt_dir / "best.safetensors"
+    monitor, recoveries = HealthMonitor(), []
     latest = latest_checkpoint(ckpt_dir)
-    if latest is not None and load_checkpoint(latest)[1].get("run_hash") == run_hash:
+    old_meta = load_checkpoint(latest)[1] if latest is not None else {}
+    if latest is not None and old_meta.get("run_hash") == run_hash:
         state, _ = load_checkpoint(latest, device)
         trainer.load_state_dict(state["trainer"])
         batches.sampler.set_state(state["sampler"])
+        if "health" in state:
+            saved = json.loads(state["health"])
+            monitor.load_state_dict(saved["monitor"])
+            recoveries = saved["recoveries"]
         log.info("resuming from %s (step %d of %d)", latest.name, trainer.steps, rc.steps)
-    elif run_dir.exists() and world.main:
-        shutil.rmtree(run_dir)  # another run's state: start clean
+    elif world.main:  # another run's state: moved aside, never deleted
+        set_aside(run_dir, "train_recon", changed_keys(old_meta.get("trajectory"),
+                                                       trajectory(params, batches.source_id)))
     if world.size > 1:  # each rank its own slice of the batch and random streams, resumable from the step
         batches.batch = rc.batch_size // world.size
         batches.sampler.manual_seed(rc.seed + 1_000_003 * world.rank + trainer.steps)
@@ -124,18 +163,59 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
     barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = read_curves(curves, "step", trainer.steps)
+    health_rows = read_curves(health_csv, "step", trainer.steps)
     meta = {"run_hash": run_hash, "train_on": rc.train_on, "source_id": batches.source_id,
-            "params_hash": params.section_hash("recon")}
+            "params_hash": params.section_hash("recon"), "trajectory": trajectory(params, batches.source_id)}
+
+    def state() -> dict:
+        return {"trainer": trainer.state_dict(), "sampler": batches.sampler.get_state(),
+                "health": json.dumps({"monitor": monitor.state_dict(), "recoveries": recoveries})}
 
     def snapshot() -> None:
-        state = {"trainer": trainer.state_dict(), "sampler": batches.sampler.get_state()}
-        save_checkpoint(ckpt_dir, trainer.steps, state, {**meta, "step": trainer.steps})
-        for old in sorted(ckpt_dir.glob("ckpt-*.safetensors"))[:-rc.keep_checkpoints]:
-            old.unlink()
-            old.with_suffix(".json").unlink(missing_ok=True)
+        save_checkpoint(ckpt_dir, trainer.steps, state(), {**meta, "step": trainer.steps})
+        prune_checkpoints(ckpt_dir, rc.keep_checkpoints)
         save_grid(panel(trainer.decomposer, batches.panel_images), run_dir / "panels" / f"step-{trainer.steps:06d}.png",
                   ncols=len(PANEL_COLUMNS), scale=3)
         write_curves(curves, rows, CURVE_KEYS)
+        write_curves(health_csv, health_rows, HEALTH_KEYS)
+
+    def check_health() -> bool:
+        """Probe this snapshot; True when it is healthy (the best one is kept as best.safetensors)."""
+        measures = probe(trainer.decomposer, batches.probe_images, invalid_cost=rc.invalid_cost)
+        reasons = monitor.check(measures)
+        health_rows.append({"step": trainer.steps, **{k: round(v, 5) for k, v in measures.items()},
+                            "verdict": "; ".join(reasons) or "healthy"})
+        if not reasons and monitor.update(trainer.steps, measures):
+            save_checkpoint(ckpt_dir, trainer.steps, state(), {**meta, "step": trainer.steps, "health": measures},
+                            name="best")
+        if not reasons:
+            return True
+        if len(recoveries) >= rc.max_recoveries:
+            write_curves(health_csv, health_rows, HEALTH_KEYS)
+            raise Collapse(f"train_recon: the 3D decomposition collapsed at step {trainer.steps}: "
+                           f"{'; '.join(reasons)}. {len(recoveries)} recoveries (recon.max_recoveries) were "
+                           f"used: {recoveries}. Panels: {run_dir / 'panels'}, probe log: {health_csv}. Try "
+                           f"another recon.seed or a lower recon.lr.")
+        seed = rc.seed + 1000 * (len(recoveries) + 1)
+        restart = monitor.best_step
+        if restart is not None:
+            saved, _ = load_checkpoint(best_ckpt, device)
+            trainer.load_state_dict(saved["trainer"])
+            batches.sampler.set_state(saved["sampler"])
+        else:  # nothing healthy yet: start afresh
+            fresh = build_trainer(params, batches, device)
+            trainer.decomposer.load_state_dict(fresh.decomposer.state_dict())
+            trainer.optimizer.load_state_dict(fresh.optimizer.state_dict())
+            trainer.yaw, trainer.steps = fresh.yaw, 0
+        trainer.reseed(seed + 1)
+        batches.sampler.manual_seed(seed)
+        recoveries.append({"step": int(health_rows[-1]["step"]), "reasons": reasons,
+                           "restart_step": trainer.steps, "seed": seed})
+        log.warning("train_recon: collapse at step %s (%s); restarting from step %d with seed %d "
+                    "(recovery %d of %d)", health_rows[-1]["step"], "; ".join(reasons), trainer.steps, seed,
+                    len(recoveries), rc.max_recoveries)
+        del rows[sum(float(r["step"]) <= trainer.steps for r in rows):]  # curves of the abandoned branch
+        return False
 
     t0, s0, seen = time.perf_counter(), trainer.steps, 0
     with tqdm(total=rc.steps, initial=trainer.steps, desc="train_recon", unit="step", disable=not world.main) as bar:
@@ -154,12 +234,25 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
                              **{k: round(stats.get(k, float("nan")), 5) for k in CURVE_KEYS[1:5]}})
                 bar.set_postfix(loss=f"{stats['total']:.3f}", img_s=f"{speed:.0f}")
             if world.main and (trainer.steps % rc.snapshot_steps == 0 or trainer.steps == rc.steps):
-                snapshot()
+                if check_health():
+                    snapshot()
+                else:
+                    bar.n = trainer.steps
+                    bar.refresh()
     if world.main and trainer.steps == s0 and latest_checkpoint(ckpt_dir) is None:
+        check_health()
         snapshot()  # steps = 0: still leave a loadable state
+    exported = trainer.steps
+    if world.main and monitor.best_step is not None and monitor.best_step != trainer.steps:
+        saved, _ = load_checkpoint(best_ckpt, device)
+        trainer.decomposer.load_state_dict(saved["trainer"]["decomposer"])
+        exported = monitor.best_step
+        log.warning("train_recon: exporting the best healthy snapshot (step %d), not the last (step %d)",
+                    exported, trainer.steps)
     speed = seen * world.size / max(time.perf_counter() - t0, 1e-9)
     return trainer, {"steps": trainer.steps, "img_per_s": round(speed, 2) if seen else None, "ranks": world.size,
-                     **meta}
+                     "exported_step": exported, "recoveries": recoveries,
+                     "health": health_rows[-1] if health_rows else None, **meta}
 
 
 def export(out: Path, trainer: ReconTrainer, batches: Batches, meta: dict, per_face: dict, title: str) -> None:
@@ -187,12 +280,22 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
     if not world.main:
         return {}
     summary, per_face = evaluate(trainer.decomposer, params, device)
-    meta = {**info, "config": decomposer_config(rc).to_dict(), "semantic_names": list(SEMANTIC_NAMES),
-        "device": str(device), "torch": torch.__version__}
+    reasons = []
+    if summary["hollow_face"]:
+        reasons.append(f"hollow face: the estimated yaw is anti-correlated with the true yaw on the ground-truth "
+                       f"faces (r = {summary['yaw_corr']}): the relief is inverted")
+    if reasons:
+        log.warning("train_recon: THE EXPORTED DECOMPOSITION IS DEGENERATE: %s. decompose will refuse it unless "
+                    "recon.allow_degenerate is true.", "; ".join(reasons))
+    verdict = {"degenerate": bool(reasons), "degenerate_reasons": reasons, "recoveries": info["recoveries"],
+               "exported_step": info["exported_step"]}
+    meta = {**info, **verdict, "config": decomposer_config(rc).to_dict(), "semantic_names": list(SEMANTIC_NAMES),
+            "device": str(device), "torch": torch.__version__}
     title = f"train_on={rc.train_on} swap={rc.swap_prob:g} yaw_aug={rc.yaw_augment and rc.train_on == 'generator'}"
     export(out, trainer, batches, meta, per_face, title)
-    result = {**summary, "steps": info["steps"], "img_per_s": info["img_per_s"], "ranks": info["ranks"], "train_on": rc.train_on,
-              "swap_prob": rc.swap_prob, "yaw_augment": bool(rc.yaw_augment and rc.train_on == "generator"),
+    result = {**summary, **verdict, "probe": info["health"], "steps": info["steps"], "img_per_s": info["img_per_s"],
+              "ranks": info["ranks"], "train_on": rc.train_on, "swap_prob": rc.swap_prob,
+              "yaw_augment": bool(rc.yaw_augment and rc.train_on == "generator"),
               "yaw_updates": trainer.yaw.updates, "seconds": round(time.perf_counter() - start, 1)}
     write_json(metrics, result)
     return result

@@ -254,7 +254,7 @@ def test_serve_dry_run_prints_the_deployment_without_a_server(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--cron", "0 3 * *", "--dry-run"], 'Invalid cron string: "0 3 * *"'),
     (["--cron", "0 3 * * *", "--target", "nope", "--dry-run"], "unknown stage(s) ['nope']"),
-    (["--interval", "0", "--dry-run"], "positive number of seconds"),
+    (["--interval", "0", "--dry-run"], "argument --interval: must be a positive finite float"),
     (["--cron", "0 3 * * *"], "serving needs a Prefect server"),  # PREFECT_API_URL unset
 ])
 def test_serve_rejects_bad_input_before_any_server(tmp_path, args, message):

@@ -101,7 +101,8 @@ def test_torchrun_trains_the_3d_net_with_two_ranks(repo_root, tmp_path):
     raw["device"] = "cpu"
     raw["data"].update(n_images=32, resolution=32, n_eval=4, chunk=16, batch_size=16)
     raw["recon"].update(train_on="faces", resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8,
-                        steps=4, batch_size=4, snapshot_steps=2, n_eval=8, eval_batch=8, panel_images=2)
+                        steps=4, batch_size=4, snapshot_steps=2, n_eval=8, eval_batch=8, panel_images=2,
+                        allow_degenerate=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     from pipeline.params import parse_params
     from stages import faces

@@ -48,3 +48,62 @@ def test_section_hash_tracks_only_its_section():
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+# ------------------------------------------------------------------ every key is checked before any work
+
+import typing  # noqa: E402
+
+from pydantic import BaseModel  # noqa: E402
+
+# resolution-like keys the networks do not need as powers of 2 (and why)
+RESOLUTION_EXEMPT = {"data.resolution": "faces are area / bilinear resized to gan.resolution and recon.resolution"}
+
+
+def _keys():
+    """(dotted key, field) of every leaf of the schema."""
+    for section, field in Params.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            for key, sub in field.annotation.model_fields.items():
+                yield f"{section}.{key}", sub
+        else:
+            yield section, field
+
+
+def _holds(annotation, kind) -> bool:
+    """Does a type annotation accept values of `kind` (float inside Optional / Annotated / dict / list)?"""
+    if annotation is kind:
+        return True
+    return any(_holds(a, kind) for a in typing.get_args(annotation))
+
+
+def _raw(key, value):
+    section, _, leaf = key.partition(".")
+    return {section: {leaf: value}} if leaf else {section: value}
+
+
+@pytest.mark.parametrize("key", [k for k, f in _keys() if _holds(f.annotation, float)])
+def test_every_float_key_refuses_non_finite_values(key):
+    per_stage = typing.get_origin(dict(_keys())[key].annotation) is dict  # flow.stage_timeouts: {stage: s}
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+            parse_params(_raw(key, {"faces": bad} if per_stage else bad))
+
+
+@pytest.mark.parametrize("key", [k for k, _ in _keys() if k.endswith("resolution") and k not in RESOLUTION_EXEMPT])
+def test_every_network_resolution_must_be_a_power_of_two(key):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.") + ".*power of 2"):
+        parse_params(_raw(key, 48))
+    parse_params(_raw(key, 64))
+
+
+def test_kimg_inf_is_refused_before_training():
+    with pytest.raises(ParamsError, match=r"gan\.kimg: Input should be a finite number"):
+        parse_params({"gan": {"kimg": float("inf")}})
+
+
+def test_names_must_exist():
+    with pytest.raises(ParamsError, match=r"report\.directions.*unknown direction\(s\) \['pich'\].*'pitch'"):
+        parse_params({"report": {"directions": ["yaw", "pich"]}})
+    with pytest.raises(ParamsError, match=r"flow\.stage_retries.*unknown stage\(s\) \['train_gam'\]"):
+        parse_params({"flow": {"stage_retries": {"train_gam": 1}}})

@@ -27,7 +27,7 @@ TINY = {"device": "cpu",
         "oracle": {"epochs": 1, "batch_size": 16, "width": 4},
         "recon": {"resolution": 16, "nf_map": 4, "zdim_map": 8, "nf_encoder": 4, "nf_conf": 4, "zdim_conf": 8,
                   "steps": 4, "batch_size": 4, "snapshot_steps": 2, "n_eval": 8, "eval_batch": 8,
-                  "panel_images": 2},
+                  "panel_images": 2, "allow_degenerate": True},  # a 4-step net is not judged
         "evaluate": {"n_samples": 64, "edit_samples": 8, "peers_k": 2, "batch_size": 64},
         "factorize": {"components": 4, "iters": 10, "edit_components": 1, "edit_steps": 3, "min_norm": 0.0},
         "flow": {"max_parallel": 2}}  # independent tiny stages run concurrently

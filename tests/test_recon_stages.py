@@ -28,7 +28,7 @@ def tiny(repo_root, **recon):
     raw["latents"].update(n=40, chunk=16, batch_size=8)
     raw["recon"].update(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8, steps=6,
                         batch_size=4, snapshot_steps=3, log_every=1, n_eval=12, eval_batch=8, panel_images=2,
-                        yaw_every=2, yaw_start=0)
+                        yaw_every=2, yaw_start=0, allow_degenerate=True)  # a 6-step net is not judged
     raw["recon"].update(recon)
     return parse_params(raw)
 
@@ -117,7 +117,7 @@ def test_train_recon_on_generations_writes_everything(repo_root, stores, tmp_pat
     out = tmp_path / "recon"
     for name in ("decomposer.safetensors", "decomposer.json", "panel.png", "yaw_scatter.png", "eval.csv"):
         assert (out / name).is_file(), name
-    model = load_decomposer(out / "decomposer.safetensors")
+    model = load_decomposer(out / "decomposer.safetensors", allow_degenerate=True)
     assert model.resolution == 16 and load_checkpoint(out / "decomposer.safetensors")[1]["train_on"] == "generator"
     curves = (tmp_path / "run" / "curves.csv").read_text().splitlines()
     assert curves[0].startswith("step,total") and len(curves) == 1 + 6
@@ -175,6 +175,67 @@ def test_changed_recon_params_restart_instead_of_resuming(repo_root, stores, tmp
     assert len((tmp_path / "run" / "curves.csv").read_text().splitlines()) == 1 + 6
 
 
+HEALTHY = {"probe_loss": -1.0, "valid_frac": 0.7, "recon_contrast": 0.9, "albedo_std": 0.2, "yaw_std_deg": 10.0,
+           "yaw_flip_bias_deg": 0.0, "convexity": 0.02}
+
+
+def _scripted_probe(monkeypatch, *snapshots):
+    """The stage's probe returns these measures (overrides of HEALTHY), one per snapshot in order."""
+    script = iter(snapshots)
+    monkeypatch.setattr(train_recon, "probe", lambda *a, **k: {**HEALTHY, **next(script)})
+
+
+def test_a_collapse_restarts_from_the_best_snapshot_with_a_new_seed(repo_root, stores, tmp_path, monkeypatch):
+    """tiny: snapshots at steps 3 and 6. The step-6 snapshot has left the frame: training goes back to
+    step 3 with seed 0 + 1000, redoes steps 4-6 (healthy now) and says so in recon.json and the sidecar."""
+    _scripted_probe(monkeypatch, {}, {"valid_frac": 0.1}, {"probe_loss": -1.2})
+    result = _train(tiny(repo_root), stores, tmp_path)
+    (recovery,) = result["recoveries"]
+    assert recovery["step"] == 6 and recovery["restart_step"] == 3 and recovery["seed"] == 1000
+    assert "out of the frame" in recovery["reasons"][0]
+    assert result["steps"] == 6 and result["exported_step"] == 6 and result["degenerate"] is False
+    assert load_checkpoint(tmp_path / "recon" / "decomposer.safetensors")[1]["recoveries"] == [recovery]
+    steps = [int(r.split(",")[0]) for r in (tmp_path / "run" / "curves.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the abandoned branch's rows are gone
+    health = (tmp_path / "run" / "health.csv").read_text().splitlines()
+    assert len(health) == 1 + 3 and "out of the frame" in health[2] and health[3].endswith("healthy")
+
+
+def test_a_collapse_without_recoveries_left_stops_naming_the_signs(repo_root, stores, tmp_path, monkeypatch):
+    _scripted_probe(monkeypatch, {}, {"recon_contrast": 0.01})
+    with pytest.raises(SystemExit, match=r"collapsed at step 6: reconstruction near-constant or black.*"
+                                         r"recon.max_recoveries"):
+        _train(tiny(repo_root, max_recoveries=0), stores, tmp_path)
+    assert not (tmp_path / "recon").exists()
+
+
+def test_the_best_snapshot_is_exported_not_the_last(repo_root, stores, tmp_path, monkeypatch):
+    _scripted_probe(monkeypatch, {"probe_loss": -1.0}, {"probe_loss": -0.8})  # worse, not yet divergence
+    result = _train(tiny(repo_root), stores, tmp_path)
+    assert result["exported_step"] == 3 and result["steps"] == 6 and not result["recoveries"]
+    exported = load_checkpoint(tmp_path / "recon" / "decomposer.safetensors")[0]
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors")[0]["trainer"]["decomposer"]
+    last = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))[0]["trainer"]["decomposer"]
+    for key in exported:
+        torch.testing.assert_close(exported[key], best[key], msg=key)
+    assert any(not torch.equal(exported[k], last[k]) for k in exported)
+
+
+def test_downstream_refuses_a_degenerate_decomposer_unless_allowed(repo_root, stores, tmp_path):
+    params = tiny(repo_root, allow_degenerate=False)
+    _train(tiny(repo_root), stores, tmp_path)
+    weights = tmp_path / "recon" / "decomposer.safetensors"
+    sidecar = weights.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "degenerate": True, "degenerate_reasons": ["hollow face: test"]}))
+    with pytest.raises(ValueError, match=r"decomposer.safetensors: train_recon marked this decomposition "
+                                         r"degenerate \(hollow face: test\).*recon.allow_degenerate"):
+        decompose.run(params, weights, stores["latents"], tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+    decompose.run(tiny(repo_root), weights, stores["latents"], tmp_path / "s.zarr")  # allowed: goes on
+    assert open_store(tmp_path / "s.zarr")["semantics"].shape == (40, 14)
+
+
 # ------------------------------------------------------------------ decompose
 
 
@@ -195,7 +256,7 @@ def test_decompose_matches_the_model_and_shards_reproduce_it(repo_root, stores, 
     assert one["semantics"].shape == (40, 14) and one["depth"].shape == (40, 1, 16, 16)
     assert one["albedo"].shape == (40, 3, 16, 16) and list(one["semantics"].attrs["columns"]) == list(SEMANTIC_NAMES)
     # row i is the decomposition of latents image i
-    model = load_decomposer(weights)
+    model = load_decomposer(weights, allow_degenerate=True)
     images = torch.from_numpy(open_store(stores["latents"])["images"][5:7]).float() / 127.5 - 1
     with torch.no_grad():
         ref = model.semantics(torch.nn.functional.interpolate(images, size=(16, 16), mode="area"))

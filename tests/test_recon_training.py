@@ -9,7 +9,7 @@ from models import faces, recon_training
 from models.decomposition import Decomposer, Decomposition
 from models.linear_generator import LinearFaceGenerator
 from models.linear_semantics import unit
-from models.recon_training import (ReconTrainer, YawTracker, photometric_nll, reconstruction_losses,
+from models.recon_training import (INVALID_COST, ReconTrainer, YawTracker, photometric_nll, reconstruction_losses,
                                    render_reconstructions)
 from models.renderer import render
 
@@ -88,9 +88,35 @@ def test_photometric_nll_value():
     target = torch.full((1, 3, 2, 2), 0.5)
     sigma = torch.full((1, 1, 2, 2), 2.0)
     mask = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
-    target[0, :, 1] = 100.0  # masked out
-    expect = math.sqrt(2) * 0.5 / 2 + math.log(2)
-    assert abs(float(photometric_nll(recon, target, sigma, mask)) - expect) < 1e-6
+    target[0, :, 1] = 100.0  # masked out: counted at invalid_cost, whatever its error
+    valid = math.sqrt(2) * 0.5 / 2 + math.log(2)
+    assert abs(float(photometric_nll(recon, target, sigma, mask, invalid_cost=1.5)) - (valid + 1.5) / 2) < 1e-6
+    assert abs(float(photometric_nll(recon, target, sigma, mask, invalid_cost=0.0)) - valid / 2) < 1e-6
+
+
+def test_losing_pixels_never_lowers_the_photometric_loss():
+    """Unsup3D's masked mean rewards a view that renders fewer pixels (the collapse of the
+    linear chain); divided by all pixels, dropping any pixel that fits better than invalid_cost
+    raises the loss, and its gradient per valid pixel does not grow as pixels vanish."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    recon = target + 0.1 * torch.randn(2, 3, 8, 8, generator=g)
+    hard = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    hard[:, :, :, :4] = True
+    recon = torch.where(hard, target + 0.3, recon)  # the hard half fits worse, still better than invalid
+    sigma = torch.full((2, 1, 8, 8), 0.3, requires_grad=True)
+    full = torch.ones(2, 1, 8, 8)
+    easy_only = (~hard).float()  # the view hides the badly fit half
+    loss_full = photometric_nll(recon, target, sigma, full)
+    loss_easy = photometric_nll(recon, target, sigma, easy_only)
+    nll = math.sqrt(2) * (target - recon).abs() / 0.3 + math.log(0.3)
+    assert float(nll[hard.expand(-1, 3, -1, -1)].max()) < INVALID_COST  # so hiding them cannot pay
+    assert loss_easy > loss_full
+    # the masked mean (Unsup3D) would have preferred hiding them
+    assert float(nll[:, :, :, 4:].mean()) < float(nll.mean())
+    grad_full = torch.autograd.grad(loss_full, sigma)[0]
+    grad_easy = torch.autograd.grad(photometric_nll(recon, target, sigma, easy_only), sigma)[0]
+    torch.testing.assert_close(grad_easy[~hard], grad_full[~hard])
 
 
 # ------------------------------------------------------------------ losses
@@ -101,21 +127,23 @@ def test_losses_mutual_term_uses_partner_and_is_skipped_at_zero():
     view, light = f[:, :6].clone(), f[:, 6:14]
     view[:, 1] = torch.tensor([10.0, -15.0])
     dec = decomposition(depth, albedo, view, light)
-    images = render_reconstructions(dec).recon.detach()  # exactly reconstructible images
+    images = render_reconstructions(dec).recon.detach()  # exactly reconstructible (where rendered: cost 0 elsewhere)
     partner = torch.tensor([1, 0])
     model = FixedDecomposer(dec)
-    total, parts, _, _ = reconstruction_losses(model, images, swap_prob=0.4, partner=partner, erode_px=1)
-    assert float(parts["recon"]) < 1e-3 and float(parts["recon_flip"]) > 0.01
+    total, parts, _, _ = reconstruction_losses(model, images, swap_prob=0.4, partner=partner, erode_px=1,
+                                           invalid_cost=0.0)
+    assert float(parts["recon"]) < 1e-3 and float(parts["recon_flip"]) > 0.005
     assert float(parts["mutual"]) > 0.05  # another face's depth and albedo do not explain the image
     own = parts["recon"] + 0.5 * parts["recon_flip"]
     torch.testing.assert_close(total, 0.6 * own + 0.4 * parts["mutual"])
     # same maps for both images: the swap changes nothing, the mutual loss vanishes
     same = decomposition(depth[:1].repeat(2, 1, 1), albedo[:1].repeat(2, 1, 1, 1), view, light)
     images2 = render_reconstructions(same).recon.detach()
-    _, parts2, _, _ = reconstruction_losses(FixedDecomposer(same), images2, swap_prob=0.4, partner=partner)
+    _, parts2, _, _ = reconstruction_losses(FixedDecomposer(same), images2, swap_prob=0.4, partner=partner,
+                                            invalid_cost=0.0)
     assert float(parts2["mutual"]) < 1e-3
     # swap_prob = 0: no mutual branch at all
-    _, parts0, _, _ = reconstruction_losses(model, images, swap_prob=0.0)
+    _, parts0, _, _ = reconstruction_losses(model, images, swap_prob=0.0, invalid_cost=0.0)
     assert "mutual" not in parts0 and model.mutual_calls == 1
     torch.testing.assert_close(parts0["total"], own)
     with pytest.raises(ValueError):
@@ -316,3 +344,19 @@ def test_short_training_learns_depth_and_yaw():
     # seeds 0-7 measured: corr 0.35-0.72 (from 0.12-0.36 at init, the depth prior), yaw 0.88-0.94
     assert corr > 0.3 and corr > corr0 + 0.1, (corr0, corr)
     assert yaw_corr > 0.7, yaw_corr
+
+
+def test_yaw_extrapolation_is_capped_where_the_predicted_yaw_passes_the_limit():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(512, 8, generator=g)
+    for slope, capped in ((3.0, False), (20.0, True)):  # degrees of yaw per unit of w along v
+        tracker = YawTracker(capacity=512, momentum=0.5, ridge=1e-6)
+        tracker.push(w, slope * w[:, 2])
+        for _ in range(8):
+            tracker.update(torch.Generator().manual_seed(1))
+        assert abs(tracker.slope - slope) < 1e-3 * slope and abs(tracker.sigma_w - float(w[:, 2].std())) < 1e-3
+        m = tracker.max_scale(10.0, 54.0)
+        assert abs(m - (54.0 / (slope * tracker.sigma_w) if capped else 10.0)) < 1e-3 and (m < 10) == capped
+        w_s = tracker.extrapolate(w, 10.0, torch.Generator().manual_seed(2), limit_deg=54.0)
+        assert float((slope * w_s[:, 2]).abs().max()) <= min(54.0, slope * 10 * tracker.sigma_w) + 1e-3
+        assert tracker.max_scale(10.0, None) == 10.0

@@ -1,6 +1,7 @@
 """Stage report on a tiny linear-generator chain: the page, its tables, and a real headless browser."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -32,7 +33,8 @@ def built(tmp_path_factory):
     raw["latents"].update(n=96, chunk=32, batch_size=32)
     raw["oracle"].update(epochs=1, batch_size=16, width=4)
     raw["recon"].update(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8, steps=2,
-                        batch_size=4, snapshot_steps=2, n_eval=8, eval_batch=8, panel_images=2)
+                        batch_size=4, snapshot_steps=2, n_eval=8, eval_batch=8, panel_images=2,
+                        allow_degenerate=True)  # a 2-step net is not judged
     raw["evaluate"].update(n_samples=64, edit_samples=8, peers_k=2, batch_size=64)
     raw["factorize"].update(components=6, iters=20, edit_components=2, edit_steps=3, min_norm=0.0)
     raw["report"].update(directions=["yaw", "light_x"], seeds=[0], steps=3)
@@ -85,6 +87,29 @@ def test_report_names_missing_inputs(built, tmp_path):
     params = parse_params(raw)
     result = report.run(params, partial, partial / "report")
     assert result["missing"] == 1 and "dendrogram.png" in (partial / "report" / "index.html").read_text()
+
+
+def test_report_states_the_decomposition_verdict_first(built, tmp_path):
+    d, _ = built
+    data = tmp_path / "data"
+    shutil.copytree(d, data)
+    page = (data / "report" / "index.html").read_text()
+    section = page[page.index("3D decomposition (Fig. 2 and 5)</h2>"):]
+    assert "Verdict: healthy" in section and 'class="warning"' not in section[:section.index("<figure")]
+    recon_json = data / "metrics" / "recon.json"
+    recon = json.loads(recon_json.read_text())
+    recon.update(degenerate=True, degenerate_reasons=["hollow face: r = -0.6"],
+                 recoveries=[{"step": 750, "reasons": ["loss diverged"], "restart_step": 500, "seed": 1000}])
+    recon_json.write_text(json.dumps(recon))
+    from tests.conftest import REPO
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["device"], raw["report"]["directions"] = "cpu", ["yaw"]
+    report.run(parse_params(raw), data, data / "report")
+    page = (data / "report" / "index.html").read_text()
+    section = page[page.index("3D decomposition (Fig. 2 and 5)</h2>"):]
+    head = section[:section.index("<figure")]  # before the first figure of the section
+    assert '<p class="warning">DEGENERATE decomposition: hollow face: r = -0.6.' in head
+    assert "Collapse at step 750 (loss diverged); training restarted from step 500 with seed 1000." in head
 
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("FACESEM_REQUIRE_BROWSER"),

@@ -1,0 +1,121 @@
+"""Is a 3D decomposition healthy? Signs of Unsup3D's degenerate optima, on a fixed probe batch.
+
+A decomposer can fall into states that still render *something* but explain nothing:
+the view turns the face out of the frame (few valid pixels left), the light or albedo
+saturates to black (a constant reconstruction, and tanh outputs whose gradients vanish),
+the predicted yaw stops depending on the input, or the relief inverts (the hollow face).
+``probe`` measures each sign on a fixed batch of images; ``HealthMonitor`` compares every
+snapshot with the best values seen so far in the run and names what has gone wrong.
+
+Measures (``probe``), all floats:
+
+* ``probe_loss``: the photometric NLL of the reconstruction, summed over valid pixels and
+  divided by *all* pixels, invalid ones counted at ``invalid_cost`` (Eq. of
+  ``models.recon_training.photometric_nll``); nats per pixel and channel, lower is better;
+* ``valid_frac``: share of pixels the reconstruction renders (eroded renderer mask), in [0, 1];
+* ``recon_contrast``: std of the reconstruction over pixels and images / the inputs' std;
+* ``albedo_std``: std of the canonical albedo over pixels and images ([0, 1] units);
+* ``yaw_std_deg``: spread of the predicted yaw over the probe images, degrees;
+* ``yaw_flip_bias_deg``: mean of (yaw(I) + yaw(flip I)) / 2, degrees; a mirror image has the
+  opposite yaw, so a consistent decomposer keeps this near 0;
+* ``convexity``: mean canonical depth on a ring around the face minus at its centre (world
+  units); > 0 for a convex face (the centre is nearer the camera), < 0 for a hollow one.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from models.decomposition import Decomposer, ellipsoid
+from models.recon_metrics import erode
+from models.recon_training import photometric_nll, render_reconstructions
+
+
+@torch.no_grad()
+def probe(decomposer: Decomposer, images: torch.Tensor, *, invalid_cost: float = 2 ** 0.5,
+          erode_px: int = 1, fov_deg: float = 10.0) -> dict[str, float]:
+    """The health measures (module doc) of ``decomposer`` on images [B, 3, r, r] in [-1, 1], B >= 2."""
+    was_training = decomposer.training
+    decomposer.eval()
+    dec = decomposer(images)
+    rec = render_reconstructions(dec, fov_deg=fov_deg)
+    mask = erode(rec.mask, erode_px)
+    yaw_flip = decomposer.predict_view(images.flip(3))[:, 1]
+    r = images.shape[-1]
+    centre = ellipsoid(r, 0.25, 0.3, images.device) > 0
+    ring = (ellipsoid(r, 0.55, 0.7, images.device) > 0) & ~(ellipsoid(r, 0.4, 0.5, images.device) > 0)
+    depth = dec.depth
+    decomposer.train(was_training)
+    return {
+        "probe_loss": float(photometric_nll(rec.recon, images, dec.conf, mask, invalid_cost)),
+        "valid_frac": float(mask.mean()),
+        "recon_contrast": float(rec.recon.std() / images.std().clamp_min(1e-6)),
+        "albedo_std": float(dec.albedo.std()),
+        "yaw_std_deg": float(dec.view[:, 1].std()),
+        "yaw_flip_bias_deg": float(((dec.view[:, 1] + yaw_flip) / 2).mean()),
+        "convexity": float(depth[:, ring].mean() - depth[:, centre].mean()),
+    }
+
+
+@dataclass
+class HealthThresholds:
+    """When a measure counts as degenerate. Relative tests compare with the run's best so far."""
+
+    min_valid_frac: float = 0.45     # absolute: fewer rendered pixels = the face left the frame (truth: 0.67-0.78)
+    collapse_ratio: float = 0.3      # contrast, albedo std or yaw std below this x its best so far
+    min_learned_contrast: float = 0.2  # ... once the best shows it had learned (contrast, yaw std 3 deg)
+    min_learned_yaw_std: float = 3.0
+    max_flip_bias_deg: float = 15.0  # |yaw(I) + yaw(flip I)| / 2 on average: yaw ignores the input
+    max_loss_rise: float = 0.5       # probe loss above its best so far, nats per pixel
+    hollow: bool = True              # convexity < 0 is degenerate
+
+
+@dataclass
+class HealthMonitor:
+    """Running bests of the probe measures and the verdict of each snapshot.
+
+    ``check(measures) -> reasons`` ([] = healthy) and, when healthy, folds the measures into
+    the bests. ``state_dict`` / ``load_state_dict`` (JSON-able) let a resumed run continue.
+    """
+
+    thresholds: HealthThresholds = field(default_factory=HealthThresholds)
+    best: dict[str, float] = field(default_factory=dict)   # best healthy value of each measure
+    best_step: int | None = None                             # step of the lowest healthy probe loss
+
+    def check(self, m: dict[str, float]) -> list[str]:
+        t, b, reasons = self.thresholds, self.best, []
+        if m["valid_frac"] < t.min_valid_frac:
+            reasons.append(f"valid-pixel fraction {m['valid_frac']:.2f} < {t.min_valid_frac} "
+                           "(the view turned the face out of the frame)")
+        for key, floor, what in (("recon_contrast", t.min_learned_contrast, "reconstruction near-constant or black"),
+                                 ("albedo_std", None, "canonical albedo near-constant"),
+                                 ("yaw_std_deg", t.min_learned_yaw_std, "estimated yaw no longer varies")):
+            best = b.get(key)
+            if best is not None and (floor is None or best >= floor) and m[key] < t.collapse_ratio * best:
+                reasons.append(f"{what}: {key} {m[key]:.3g} < {t.collapse_ratio} x its best {best:.3g}")
+        if abs(m["yaw_flip_bias_deg"]) > t.max_flip_bias_deg:
+            reasons.append(f"yaw ignores the input: yaw(I) + yaw(mirrored I) averages "
+                           f"{2 * m['yaw_flip_bias_deg']:.1f} deg (should be 0)")
+        if "probe_loss" in b and m["probe_loss"] > b["probe_loss"] + t.max_loss_rise:
+            reasons.append(f"loss diverged: probe loss {m['probe_loss']:.3f} > best {b['probe_loss']:.3f} "
+                           f"+ {t.max_loss_rise}")
+        if t.hollow and m["convexity"] < 0:
+            reasons.append(f"hollow face: canonical depth is concave (convexity {m['convexity']:.4f} < 0)")
+        return reasons
+
+    def update(self, step: int, m: dict[str, float]) -> bool:
+        """Fold healthy measures into the bests; True when this is the new best (lowest) probe loss."""
+        for key in ("recon_contrast", "albedo_std", "yaw_std_deg"):
+            self.best[key] = max(self.best.get(key, m[key]), m[key])
+        new_best = m["probe_loss"] < self.best.get("probe_loss", float("inf"))
+        if new_best:
+            self.best["probe_loss"], self.best_step = m["probe_loss"], step
+        return new_best
+
+    def state_dict(self) -> dict:
+        return {"thresholds": asdict(self.thresholds), "best": dict(self.best), "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.thresholds = HealthThresholds(**state["thresholds"])
+        self.best, self.best_step = dict(state["best"]), state["best_step"]
