@@ -132,11 +132,13 @@ class NormalEquations:
         """Coefficient of determination [k] of dY ~ dW v on the accumulated pairs; v [d, k].
 
         SSE = sum dY^2 - 2 v.(dW^T dY) + v^T (dW^T dW) v; SST = sum (dY - mean dY)^2.
+        NaN where dY does not vary (SST ~ 0: a constant semantic has nothing to explain).
         """
         v = v.to(self.gram).reshape(self.dim, -1)
         sse = self.y_sq - 2 * (v * self.cross).sum(0) + (v * (self.gram @ v)).sum(0)
         sst = self.y_sq - self.y_sum ** 2 / max(self.n, 1)
-        return 1 - sse.clamp_min(0) / sst.clamp_min(1e-300)
+        constant = sst <= 1e-12 * self.y_sq.clamp_min(1e-300)
+        return torch.where(constant, torch.nan, 1 - sse.clamp_min(0) / sst.clamp_min(1e-300))
 
     def solve(self, ridge: float = 0.0, rcond: float = 1e-10, fallback: float = 1e-6,
               _stacklevel: int = 2) -> torch.Tensor:

@@ -104,11 +104,32 @@ def photometric_nll(recon: torch.Tensor, target: torch.Tensor, sigma: torch.Tens
     return ((nll * m).sum() + invalid_cost * (1 - m).sum()) / m.numel()
 
 
+MIRROR_VIEW = (1.0, -1.0, -1.0, -1.0, 1.0, 1.0)   # pitch, yaw, roll, tx, ty, tz of the mirror image
+MIRROR_LIGHT = (1.0,) * 6 + (-1.0, 1.0)            # ambient, diffuse, light_x, light_y
+
+
+def mirror_consistency(decomposer: Decomposer, images: torch.Tensor, view: torch.Tensor,
+                       light: torch.Tensor) -> torch.Tensor:
+    """Mean |view(flip I) - M view(I)| (in units of each output's range) + |light(flip I) - M light(I)|.
+
+    The mirror image of a face is exactly rendered by the mirrored face under the mirrored view
+    (yaw, roll and tx negated) and light (light_x negated), whatever the face's asymmetry, so this
+    holds for any image. It keeps the view from drifting to a biased yaw that ignores the input.
+    images [B, 3, r, r]; view [B, 6], light [B, 8] of ``decomposer`` on them. A 0-d tensor.
+    """
+    c = decomposer.config
+    scale = view.new_tensor([c.rot_range] * 3 + [c.xy_range] * 2 + [c.z_range])
+    flipped = images.flip(3)
+    dv = (decomposer.predict_view(flipped) - view * view.new_tensor(MIRROR_VIEW)) / scale
+    dl = decomposer.predict_light(flipped) - light * light.new_tensor(MIRROR_LIGHT)
+    return dv.abs().mean() + dl.abs().mean()
+
+
 def reconstruction_losses(decomposer: Decomposer, images: torch.Tensor, *, swap_prob: float = 0.0,
                           flip_weight: float = 0.5, partner: torch.Tensor | None = None,
                           erode_px: int = 1, perceptual: Perceptual | None = None,
                           perceptual_weight: float = 1.0, fov_deg: float = 10.0,
-                          invalid_cost: float = INVALID_COST
+                          invalid_cost: float = INVALID_COST, mirror_weight: float = 0.0
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Decomposition, Reconstructions]:
     """Loss of one batch images [B, 3, r, r] in [-1, 1] (see module doc).
 
@@ -141,6 +162,9 @@ def reconstruction_losses(decomposer: Decomposer, images: torch.Tensor, *, swap_
             mutual = mutual + perceptual_weight * perceptual(rec.mutual, images, mmask)
         parts["mutual"] = mutual
         total = (1 - swap_prob) * own + swap_prob * mutual
+    if mirror_weight > 0:
+        parts["mirror"] = mirror_consistency(decomposer, images, dec.view, dec.light)
+        total = total + mirror_weight * parts["mirror"]
     parts["total"] = total
     return total, parts, dec, rec
 
@@ -276,7 +300,8 @@ class ReconTrainer:
                  yaw_augment: bool = False, yaw_every: int = 10, yaw_momentum: float = 0.995,
                  yaw_scale: float = 10.0, yaw_fraction: float = 0.5, yaw_buffer: int = 2048,
                  yaw_ridge: float = 1e-2, yaw_min_samples: int = 64, yaw_start: int = 0, seed: int = 0,
-                 invalid_cost: float = INVALID_COST, yaw_limit_deg: float | None = None):
+                 invalid_cost: float = INVALID_COST, yaw_limit_deg: float | None = None,
+                 mirror_weight: float = 0.0):
         if not 0.0 <= swap_prob <= 1.0:
             raise ValueError(f"swap_prob must be in [0, 1], got {swap_prob}")
         if yaw_augment and generate is None:
@@ -285,7 +310,7 @@ class ReconTrainer:
         self.optimizer = torch.optim.Adam(decomposer.parameters(), lr=lr, betas=tuple(float(b) for b in betas),
                                           weight_decay=weight_decay)
         self.flip_weight, self.swap_prob, self.erode_px = flip_weight, swap_prob, erode_px
-        self.invalid_cost = invalid_cost
+        self.invalid_cost, self.mirror_weight = invalid_cost, mirror_weight
         self.perceptual, self.perceptual_weight, self.fov_deg = perceptual, perceptual_weight, fov_deg
         self.generate, self.yaw_augment = generate, yaw_augment
         self.yaw_every, self.yaw_scale, self.yaw_fraction = yaw_every, yaw_scale, yaw_fraction
@@ -317,7 +342,8 @@ class ReconTrainer:
         return reconstruction_losses(self.decomposer, images, swap_prob=self.swap_prob,
                                      flip_weight=self.flip_weight, partner=partner, erode_px=self.erode_px,
                                      perceptual=self.perceptual, perceptual_weight=self.perceptual_weight,
-                                     fov_deg=self.fov_deg, invalid_cost=self.invalid_cost)
+                                     fov_deg=self.fov_deg, invalid_cost=self.invalid_cost,
+                                     mirror_weight=self.mirror_weight)
 
     def step(self, images: torch.Tensor, w: torch.Tensor | None = None) -> dict[str, float]:
         """One optimisation step; returns the loss parts (floats) and "n_augmented"."""

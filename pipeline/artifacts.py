@@ -60,6 +60,27 @@ def _replace(tmp: Path, final: Path) -> None:
         shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
+def temporary_path(final: str | Path) -> Path:
+    """A fresh temporary name beside ``final`` (``.NAME.tmp-PID-RANDOM``), after removing the stale
+    temporaries of ``final`` that a killed writer left (their PID no longer runs on this host)."""
+    final = Path(final)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink(missing_ok=True)
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextmanager
 def write_store(path: str | Path, stage: str, params: dict[str, Any], params_hash: str,
                 **attrs: Any) -> Iterator[zarr.Group]:
@@ -70,7 +91,7 @@ def write_store(path: str | Path, stage: str, params: dict[str, Any], params_has
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_path(final)
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.attrs.update({**provenance(stage, params, params_hash), **attrs, "complete": False})
@@ -116,7 +137,7 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     """Write a JSON file atomically (metrics, reports)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_path(path)
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 

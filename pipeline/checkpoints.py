@@ -12,14 +12,13 @@ import logging
 import os
 import re
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.artifacts import write_json
+from pipeline.artifacts import temporary_path, write_json
 
 _NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
 log = logging.getLogger("pipeline.checkpoints")
@@ -79,7 +78,7 @@ def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], meta: 
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{name or f'ckpt-{step:09d}'}.safetensors"
     tensors, extra = flatten_state(state)
-    tmp = weights.with_name(f".{weights.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_path(weights)
     save_file(tensors, str(tmp))
     os.replace(tmp, weights)
     write_json(weights.with_suffix(".json"), {**meta, "step": step, "state_extra": extra})

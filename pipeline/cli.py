@@ -5,7 +5,7 @@
     facesem stage NAME [--force]                 one stage through DVC (dvc repro --single-item)
     facesem inspect [ARTIFACT[/ARRAY]] [--rev REV] [--export OUT] | --diff REV1 REV2
                                                  artifacts: shape, dtype, chunks, size, provenance, statistics
-    facesem dag                                  the stages and their upstream, from dvc.yaml
+    facesem dag [--sync-deps]                    the stages and their upstream, from dvc.yaml (or fix its code deps)
     facesem params                               validate params.yaml and print it resolved
     facesem edit --direction yaw --seeds 0,1,2 --scales -3:3:7 --out grid.png
                                                  faces moved along a learned direction (Eq. 4)
@@ -66,8 +66,11 @@ SCALES, SEEDS = _arg_type(_scales, "scales"), _arg_type(_seeds, "seeds")
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.flow import run_pipeline
+    from pipeline.lifetime import reap_children_on_exit, run_lock
 
-    states = run_pipeline(targets=args.target or None, force=args.force)
+    with run_lock(project_root()):  # one run per checkout; the second is refused naming the first
+        reap_children_on_exit()  # the Prefect server, dvc and the stages end with this process, even on SIGKILL
+        states = run_pipeline(targets=args.target or None, force=args.force)
     width = max(map(len, states), default=0)
     for name, state in states.items():
         print(f"{name:<{width}}  {state}")
@@ -99,9 +102,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from pipeline.flow import dvc_command, stage_environment
+    from pipeline.lifetime import reap_children_on_exit, run_lock
 
     cmd = dvc_command("repro", "--single-item", args.name, *(["--force"] if args.force else []))
-    return subprocess.call(cmd, cwd=project_root(), env=stage_environment())
+    with run_lock(project_root()):
+        reap_children_on_exit()
+        return subprocess.call(cmd, cwd=project_root(), env=stage_environment())
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -127,6 +133,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_dag(args: argparse.Namespace) -> int:
     from pipeline.dag import load_dag
+
+    if args.sync_deps:
+        from pipeline.code_deps import sync_deps
+
+        changes = sync_deps(project_root())
+        for name, (added, removed) in changes.items():
+            print(f"{name}: + {', '.join(added) or '-'}; - {', '.join(removed) or '-'}")
+        print(f"dvc.yaml: {len(changes)} stage(s) updated" if changes else "dvc.yaml: code deps already exact")
+        return 0
 
     for name, upstream in load_dag(project_root()).items():
         print(f"{name} <- {', '.join(upstream) or '(source)'}")
@@ -201,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare params, metrics and array statistics of two revisions ('workspace': the work tree)")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("dag", help="print the stages and their upstream stages (from dvc.yaml)")
+    p.add_argument("--sync-deps", action="store_true",
+                   help="rewrite each stage's Python deps in dvc.yaml to its project import closure")
     p.set_defaults(func=cmd_dag)
     p = sub.add_parser("params", help="validate params.yaml and print the resolved values")
     p.add_argument("--file", default="params.yaml")

@@ -3,6 +3,7 @@ overridable with the FACESEM_DEVICE environment variable."""
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -15,6 +16,10 @@ def select_device(preference: str = "auto") -> torch.device:
     if choice.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {choice!r} requested (params 'device' or FACESEM_DEVICE) "
                            "but CUDA is not available; use 'auto' or 'cpu'")
-    if choice not in ("cpu",) and not choice.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {choice!r}")
+    if choice != "cpu" and not re.fullmatch(r"cuda(:\d+)?", choice):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {choice!r} (params 'device' or "
+                         "FACESEM_DEVICE)")
+    if choice.startswith("cuda:") and int(choice[5:]) >= torch.cuda.device_count():
+        raise RuntimeError(f"device {choice!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                           f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
     return torch.device(choice)

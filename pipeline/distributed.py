@@ -56,6 +56,19 @@ def broadcast_parameters(*modules: torch.nn.Module) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
+def parameter_digest(*modules: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) of the modules' parameters, in order: equal on every rank exactly when
+    the trained replicas are bit-identical. Each rank logs it at the end of training. (Buffers
+    such as StyleGAN's running w average are per rank, as in NVlabs' code: rank 0's are saved.)"""
+    import hashlib  # noqa: PLC0415
+
+    h = hashlib.sha256()
+    for module in modules:
+        for tensor in module.parameters():
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def average_gradients(optimizer: torch.optim.Optimizer) -> None:
     """Replace each gradient of the optimizer's parameters by its mean over ranks, in one
     all-reduce of a flat buffer. Which parameters have a gradient is the same on every rank

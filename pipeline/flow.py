@@ -59,7 +59,8 @@ def stage_is_current(name: str, root: Path, timeout: float | None = None) -> boo
     proc = subprocess.run(dvc_command("status", name, "--json"), cwd=root, env=stage_environment(),
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"`dvc status {name}` failed:\n{proc.stderr.strip()}")
+        said = "\n".join(t.strip() for t in (proc.stderr, proc.stdout) if t.strip()) or "(no output)"
+        raise RuntimeError(f"`dvc status {name}` failed (exit {proc.returncode}):\n{said}")
     return json.loads(proc.stdout or "{}") == {}
 
 
@@ -268,8 +269,9 @@ def facesem_flow(targets: list[str] | None = None, force: bool = False) -> dict[
     failed = {n: s for n, s in states.items() if not s.is_completed()}
     if failed:
         lines = [f"  {n}: " + ("not run, an upstream stage did not complete" if s.name == "NotReady"
-                               else s.name + (f" ({s.message.splitlines()[0]})" if s.message else ""))
-                 for n, s in failed.items()]
+                               else s.name + (": " + s.message.strip().replace("\n", "\n      ")
+                                              if s.message else ""))
+                 for n, s in failed.items()]  # the whole reason, never cut
         raise RuntimeError("stages failed or did not run (a rerun starts from the cached stages):\n"
                            + "\n".join(lines))
     if "report" in states:

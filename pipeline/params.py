@@ -137,7 +137,8 @@ class ReconParams(Section):
     n_eval: int = Field(512, ge=8)
     eval_seed: int = Field(12345, ge=0)
     eval_batch: int = Field(256, ge=1)           # images per forward pass (evaluation, decompose)
-    invalid_cost: float = Field(1.4142, ge=0)  # loss of a pixel the view leaves unrendered
+    invalid_cost: float = Field(1.4142, ge=0)    # loss of a pixel the view leaves unrendered
+    mirror_weight: float = Field(1.0, ge=0)      # view/light of the mirror image = mirrored view/light; 0 = off
     probe_images: int = Field(64, ge=8, le=1024)  # fixed images checked for a collapse at every snapshot
     max_recoveries: int = Field(2, ge=0)          # restarts from the best healthy snapshot (new seed) on a collapse
     allow_degenerate: bool = False               # decompose: go on with a decomposer marked degenerate

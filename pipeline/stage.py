@@ -14,5 +14,5 @@ def stage_args(description: str, outputs: list[str]) -> tuple[argparse.Namespace
     for name in outputs:
         parser.add_argument(f"--{name}", required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     return args, load_params(args.params)

@@ -28,7 +28,8 @@ from pipeline.checkpoints import (CheckpointError, changed_keys, latest_checkpoi
                                   prune_checkpoints, read_curves, save_checkpoint, set_aside, write_curves)
 from pipeline.datasets import load_images, resize_uint8, to_unit
 from pipeline.device import select_device
-from pipeline.distributed import World, average_gradients, barrier, broadcast_parameters, setup, teardown
+from pipeline.distributed import (World, average_gradients, barrier, broadcast_parameters, parameter_digest, setup,
+                                  teardown)
 from pipeline.generators import build_stylegan, load_generator, stylegan_config
 from pipeline.inception import FEATURE_SPACE, inception_features, inception_sq_distance
 from pipeline.images import save_grid, to_uint8
@@ -204,7 +205,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
         with torch.no_grad():
             samples = trainer.G_ema.synthesis(trainer.G_ema.mapping(z_grid, broadcast=False,
                                                                     update_w_avg=False), noise_mode="const")
-        save_grid(to_uint8(samples * 0.5 + 0.5), run_dir / "samples" / f"kimg-{shown / 1000:07.1f}.png",
+        save_grid(to_uint8(samples * 0.5 + 0.5), run_dir / "samples" / f"kimg-{shown / 1000:09.3f}.png",
                   ncols=gan.grid, scale=2)
         write_curves(curves, rows, CURVE_KEYS)
 
@@ -235,6 +236,9 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
                 next_snap += gan.snapshot_kimg
     if world.main and not latest_checkpoint(ckpt_dir):
         snapshot()  # kimg = 0: still export something loadable
+    log.info("rank %d of %d: %d images per step, %d steps, parameters sha256 %s%s", world.rank, world.size,
+             rank_batch, trainer.step_count, parameter_digest(trainer.G, trainer.D, trainer.G_ema),
+             "" if world.main else " (writes nothing)")
     if not world.main:
         return {}
     G_ema, D = trainer.G_ema, trainer.D

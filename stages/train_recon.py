@@ -34,7 +34,8 @@ from pipeline.checkpoints import (changed_keys, latest_checkpoint, load_checkpoi
                                   save_checkpoint, set_aside, write_curves)
 from pipeline.datasets import load_images, to_unit
 from pipeline.device import select_device
-from pipeline.distributed import World, average_gradients, barrier, broadcast_parameters, setup, teardown
+from pipeline.distributed import (World, average_gradients, barrier, broadcast_parameters, parameter_digest, setup,
+                                  teardown)
 from pipeline.generators import load_generator
 from pipeline.images import save_grid
 from pipeline.params import Params
@@ -110,7 +111,8 @@ def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
                         swap_prob=rc.swap_prob, generate=batches.synthesize if augment else None,
                         yaw_augment=augment, yaw_every=rc.yaw_every, yaw_start=rc.yaw_start, yaw_momentum=rc.yaw_momentum,
                         yaw_scale=rc.yaw_scale, yaw_fraction=rc.yaw_fraction, seed=rc.seed,
-                        invalid_cost=rc.invalid_cost, yaw_limit_deg=rc.yaw_limit_deg)
+                        invalid_cost=rc.invalid_cost, yaw_limit_deg=rc.yaw_limit_deg,
+                        mirror_weight=rc.mirror_weight)
 
 
 HEALTH_KEYS = ("step", "probe_loss", "valid_frac", "recon_contrast", "albedo_std", "yaw_std_deg",
@@ -242,6 +244,9 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
     if world.main and trainer.steps == s0 and latest_checkpoint(ckpt_dir) is None:
         check_health()
         snapshot()  # steps = 0: still leave a loadable state
+    log.info("rank %d of %d: %d images per step, %d steps, parameters sha256 %s%s", world.rank, world.size,
+             batches.batch, trainer.steps, parameter_digest(trainer.decomposer),
+             "" if world.main else " (writes nothing)")
     exported = trainer.steps
     if world.main and monitor.best_step is not None and monitor.best_step != trainer.steps:
         saved, _ = load_checkpoint(best_ckpt, device)
@@ -280,7 +285,10 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
     if not world.main:
         return {}
     summary, per_face = evaluate(trainer.decomposer, params, device)
-    reasons = []
+    final = probe(trainer.decomposer, batches.probe_images, invalid_cost=rc.invalid_cost)  # the exported weights
+    reasons = HealthMonitor().check(final)  # the absolute signs: frame, mirror bias, hollow relief
+    if final["yaw_std_deg"] < HealthMonitor().thresholds.min_learned_yaw_std:
+        reasons.append(f"the estimated yaw does not vary: std {final['yaw_std_deg']:.2f} deg over the probe images")
     if summary["hollow_face"]:
         reasons.append(f"hollow face: the estimated yaw is anti-correlated with the true yaw on the ground-truth "
                        f"faces (r = {summary['yaw_corr']}): the relief is inverted")
@@ -293,7 +301,7 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
             "device": str(device), "torch": torch.__version__}
     title = f"train_on={rc.train_on} swap={rc.swap_prob:g} yaw_aug={rc.yaw_augment and rc.train_on == 'generator'}"
     export(out, trainer, batches, meta, per_face, title)
-    result = {**summary, **verdict, "probe": info["health"], "steps": info["steps"], "img_per_s": info["img_per_s"],
+    result = {**summary, **verdict, "probe": {k: round(v, 5) for k, v in final.items()}, "steps": info["steps"], "img_per_s": info["img_per_s"],
               "ranks": info["ranks"], "train_on": rc.train_on, "swap_prob": rc.swap_prob,
               "yaw_augment": bool(rc.yaw_augment and rc.train_on == "generator"),
               "yaw_updates": trainer.yaw.updates, "seconds": round(time.perf_counter() - start, 1)}

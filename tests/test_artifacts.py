@@ -67,3 +67,25 @@ def test_write_json_atomic(tmp_path):
     write_json(tmp_path / "m" / "x.json", {"b": 1, "a": 2})
     assert json.loads((tmp_path / "m" / "x.json").read_text()) == {"a": 2, "b": 1}
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["x.json"]
+
+
+def test_a_rerun_removes_the_temporaries_a_killed_writer_left(tmp_path):
+    """`data/.faces.zarr.tmp-PID-*` of a writer killed with SIGKILL is removed by the next write of
+    that output; a temporary whose writer still runs is left alone."""
+    import os
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".faces.zarr.tmp-{dead}-0123abcd"
+    (stale / "images").mkdir(parents=True)
+    (stale / "images" / "c0").write_bytes(b"\0" * 1000)
+    running = tmp_path / f".faces.zarr.tmp-{os.getpid()}-feedbeef"
+    running.mkdir()
+    old_style = tmp_path / ".faces.zarr.tmp-0123abcd"  # no PID in the name: not ours to judge
+    old_style.mkdir()
+    with write_store(tmp_path / "faces.zarr", "faces", {}, "h") as group:
+        group.create_array("x", data=np.arange(3))
+    assert not stale.exists() and running.exists() and old_style.exists()
+    assert open_store(tmp_path / "faces.zarr")["x"][:].tolist() == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name) == sorted([running.name, old_style.name])

@@ -70,6 +70,19 @@ def test_gan_replicas_stay_identical_only_with_averaged_gradients(tmp_path, hook
         assert not torch.allclose(r0["params"], r1["params"])  # different data: replicas drift apart
 
 
+def _assert_identical_replicas(log: str, per_rank_batch: int) -> None:
+    """Each rank logs its share of the batch and a digest of its parameters at the end of training:
+    the digests are equal (bit-identical replicas), each rank took batch / 2, only rank 0 writes."""
+    import re
+    found = re.findall(r"rank (\d) of 2: (\d+) images per step, (\d+) steps, parameters sha256 (\w+)( \(writes nothing\))?",
+                       log)
+    assert sorted(r[0] for r in found) == ["0", "1"], log[-3000:]
+    by_rank = {r[0]: r for r in found}
+    assert by_rank["0"][3] == by_rank["1"][3]  # same weights on both ranks
+    assert by_rank["0"][2] == by_rank["1"][2] and int(by_rank["0"][1]) == int(by_rank["1"][1]) == per_rank_batch
+    assert by_rank["1"][4] and not by_rank["0"][4]  # rank 1 writes nothing
+
+
 @pytest.mark.slow
 def test_torchrun_trains_the_gan_stage_with_two_ranks(repo_root, tmp_path):
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
@@ -91,6 +104,7 @@ def test_torchrun_trains_the_gan_stage_with_two_ranks(repo_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "g.json").read_text())
     assert metrics["ranks"] == 2 and metrics["kimg"] == pytest.approx(0.016)
+    _assert_identical_replicas(proc.stderr, per_rank_batch=2)
     assert (tmp_path / "gan" / "generator.safetensors").is_file()
     assert len(list((tmp_path / "run" / "checkpoints").glob("*.safetensors"))) >= 1
 
@@ -117,4 +131,5 @@ def test_torchrun_trains_the_3d_net_with_two_ranks(repo_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["ranks"] == 2 and metrics["steps"] == 4 and "side" in metrics
+    _assert_identical_replicas(proc.stderr, per_rank_batch=2)
     assert (tmp_path / "recon" / "decomposer.safetensors").is_file()

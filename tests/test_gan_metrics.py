@@ -50,3 +50,40 @@ def test_train_gan_reports_fid_and_ppl_with_their_space(repo_root, tmp_path):
     assert result["fid"] > 0 and np.isfinite(result["fid"]) and "Inception-v3" in result["fid_space"]
     assert result["ppl"] > 0 and "eps 1e-4" in result["ppl_space"]
     assert 0 <= result["mean_abs_rho"] < 1 and "W" in result["mean_abs_rho_space"]
+
+
+# ------------------------------------------------------------------ in the real Inception-v3 space
+
+
+@pytest.fixture(scope="module")
+def faces32():
+    from models import faces
+    f = faces.sample_factors(24, torch.Generator().manual_seed(0))
+    images, _ = faces.render_faces(f, 32)
+    return images * 2 - 1  # [24, 3, 32, 32] in [-1, 1]
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(faces32):
+    from pipeline.inception import inception_features
+    real = feature_statistics(inception_features(faces32))
+    assert abs(frechet_distance(*real, *real)) < 1e-3
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(faces32.shape, generator=g)
+    fids = [frechet_distance(*real, *feature_statistics(inception_features((faces32 + s * noise).clamp(-1, 1))))
+            for s in (0.1, 0.4)]
+    assert 0 < fids[0] < fids[1], fids
+
+
+def test_ppl_is_larger_for_a_generator_with_larger_jumps(faces32):
+    """Two generators between the same two faces: a smooth blend and a near-step one. In Inception
+    space (the PPL the stage reports) the abrupt one has the longer paths."""
+    from pipeline.inception import inception_sq_distance
+    a, b = faces32[:1], faces32[1:2]
+
+    def blend(sharpness):
+        return lambda w: a + (b - a) * torch.sigmoid(sharpness * w[:, :1, None, None])
+
+    z = torch.randn(8, 2, generator=torch.Generator().manual_seed(2)) * 0.2
+    smooth, jumpy = (ppl_summary(path_length(lambda z: z, blend(k), inception_sq_distance, z, epsilon=1e-2,
+                                             generator=torch.Generator().manual_seed(3))) for k in (1.0, 40.0))
+    assert jumpy > 5 * smooth > 0, (smooth, jumpy)

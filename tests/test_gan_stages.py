@@ -39,6 +39,18 @@ def _weights(out):
     return state["G_ema"]
 
 
+def _count_steps(monkeypatch, real_step) -> list[int]:
+    """Patch GANTrainer.step to record the step count each call starts from."""
+    counted = []
+
+    def counting(self, real):
+        counted.append(self.step_count)
+        return real_step(self, real)
+
+    monkeypatch.setattr(GANTrainer, "step", counting)
+    return counted
+
+
 def test_interrupted_run_resumes_to_the_same_result(repo_root, faces_store, tmp_path, monkeypatch):
     params = tiny(repo_root)
     train_gan.run(params, faces_store, tmp_path / "a", tmp_path / "a_run", tmp_path / "a.json")
@@ -55,9 +67,10 @@ def test_interrupted_run_resumes_to_the_same_result(repo_root, faces_store, tmp_
     with pytest.raises(KeyboardInterrupt):
         train_gan.run(params, faces_store, tmp_path / "b", tmp_path / "b_run", tmp_path / "b.json")
     assert load_checkpoint(latest_checkpoint(tmp_path / "b_run" / "checkpoints"))[1]["shown"] == 32
-    monkeypatch.setattr(GANTrainer, "step", real_step)
+    counted = _count_steps(monkeypatch, real_step)
     result = train_gan.run(params, faces_store, tmp_path / "b", tmp_path / "b_run", tmp_path / "b.json")
     assert result["kimg"] == pytest.approx(0.064)
+    assert counted == [4, 5, 6, 7]  # only the remaining steps, from the restored step count
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys()
     for key in a:
@@ -74,12 +87,28 @@ def test_changed_params_do_not_resume_stale_checkpoints(repo_root, faces_store, 
     assert meta["params_hash"] == tiny(repo_root, lr=0.001).section_hash("gan") and res["kimg"] == pytest.approx(0.064)
 
 
-def test_a_larger_budget_continues_the_run(repo_root, faces_store, tmp_path):
+def test_a_larger_budget_continues_the_run(repo_root, faces_store, tmp_path, monkeypatch):
     train_gan.run(tiny(repo_root, kimg=0.032), faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
     first = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    counted = _count_steps(monkeypatch, GANTrainer.step)
     train_gan.run(tiny(repo_root, kimg=0.064), faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
     curves = (tmp_path / "run" / "curves.csv").read_text().splitlines()
-    assert first.exists() and len(curves) == 1 + 8  # continued: 4 + 4 steps, not restarted
+    assert first.exists() and len(curves) == 1 + 8 and counted == [4, 5, 6, 7]  # continued, not restarted
+
+
+def test_a_trajectory_change_moves_the_old_run_aside_and_names_the_change(repo_root, faces_store, tmp_path, caplog):
+    """batch 4 -> 8: the old checkpoints are kept under data/gan_run.old-<time>, never deleted."""
+    run = tmp_path / "gan_run"
+    train_gan.run(tiny(repo_root, batch_size=4), faces_store, tmp_path / "o", run, tmp_path / "m.json")
+    old = sorted(p.name for p in (run / "checkpoints").iterdir())
+    old_curves = (run / "curves.csv").read_text()
+    with caplog.at_level("WARNING"):
+        train_gan.run(tiny(repo_root, batch_size=8), faces_store, tmp_path / "o", run, tmp_path / "m.json")
+    (aside,) = tmp_path.glob("gan_run.old-*")
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == old
+    assert (aside / "curves.csv").read_text() == old_curves
+    assert "batch_size: 4 -> 8" in caplog.text and str(aside) in caplog.text
+    assert load_checkpoint(latest_checkpoint(run / "checkpoints"))[1]["trajectory"]["batch_size"] == 8
 
 
 def test_non_finite_loss_stops_with_a_clear_message(repo_root, faces_store, tmp_path, monkeypatch):
@@ -136,3 +165,39 @@ def test_sharded_sampling_equals_single_process(repo_root, faces_store, tmp_path
     # w really is F(z) of the exported generator
     g = load_generator(gen)
     torch.testing.assert_close(g.mapping(torch.from_numpy(one["z"][:5])), torch.from_numpy(one["w"][:5]))
+
+
+def test_snapshot_grids_below_0_1_kimg_do_not_overwrite_each_other(repo_root, faces_store, tmp_path):
+    train_gan.run(tiny(repo_root, kimg=0.064, snapshot_kimg=0.016), faces_store, tmp_path / "o", tmp_path / "run",
+                  tmp_path / "m.json")
+    names = sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png"))
+    assert names == ["kimg-00000.016.png", "kimg-00000.032.png", "kimg-00000.048.png", "kimg-00000.064.png"]
+
+
+def test_changed_faces_data_invalidate_gan_and_recon_checkpoints(repo_root, faces_store, tmp_path, monkeypatch):
+    """Same params, other faces (data.seed 1): neither train_gan nor train_recon (on faces) resumes."""
+    from models.recon_training import ReconTrainer
+    from stages import train_recon
+    other = tmp_path / "other.zarr"
+    base = tiny(repo_root)
+    faces.run(base.model_copy(update={"data": base.data.model_copy(update={"seed": 1})}), other, tmp_path / "r.csv",
+              tmp_path / "f.json")
+    assert open_store(other).attrs["params_hash"] != open_store(faces_store).attrs["params_hash"]
+    params = tiny(repo_root)
+    train_gan.run(params, faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
+    counted = _count_steps(monkeypatch, GANTrainer.step)
+    train_gan.run(params, other, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
+    assert counted[0] == 0 and len(list(tmp_path.glob("run.old-*"))) == 1  # from scratch; the old run kept
+
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+    raw["device"] = "cpu"
+    raw["data"].update(resolution=32)
+    raw["recon"].update(train_on="faces", resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8,
+                        steps=2, batch_size=4, snapshot_steps=1, n_eval=8, eval_batch=8, panel_images=2,
+                        allow_degenerate=True)
+    rparams = parse_params(raw)
+    train_recon.run(rparams, tmp_path / "none", faces_store, tmp_path / "rec", tmp_path / "rrun", tmp_path / "r.json")
+    steps, real = [], ReconTrainer.step
+    monkeypatch.setattr(ReconTrainer, "step", lambda self, *a, **k: (steps.append(self.steps), real(self, *a, **k))[1])
+    train_recon.run(rparams, tmp_path / "none", other, tmp_path / "rec", tmp_path / "rrun", tmp_path / "r.json")
+    assert steps == [0, 1] and len(list(tmp_path.glob("rrun.old-*"))) == 1

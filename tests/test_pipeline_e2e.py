@@ -52,6 +52,30 @@ def _set_params(root: Path, overrides: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+NET_GUARD = """
+# Test-only: every process of the e2e run refuses network access beyond this machine and logs the try.
+import os, socket
+_LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attempts.log")
+_LOCAL = ("localhost", "127.", "::1", "0.0.0.0")
+def _local(host):
+    return isinstance(host, str) and (host == "" or host.startswith(_LOCAL))
+def _refuse(what):
+    with open(_LOG, "a") as fh:
+        fh.write(f"{os.getpid()} {what}\\n")
+    raise OSError(f"network access blocked in this test: {what}")
+_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
+        _refuse(f"connect {address}")
+    return _connect(self, address)
+def getaddrinfo(host, *args, **kwargs):
+    if host is not None and not _local(host if isinstance(host, str) else host.decode()):
+        _refuse(f"resolve {host}")
+    return _getaddrinfo(host, *args, **kwargs)
+socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+"""
+
+
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory):
     """A git + DVC copy of the project's tracked and unignored files, with tiny params."""
@@ -68,11 +92,20 @@ def tiny_repo(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_"))}
     env.update(environment_defaults(root))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = str(root)  # the copy's packages, not the editable install's
+    guard = root.parent / "netguard"  # outside the repo: git and DVC never see it
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(NET_GUARD)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(guard)])  # the copy's packages, not the editable install's
+    probe = _run([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 9), timeout=1)"],
+                 root, env, check=False)
+    assert "network access blocked" in probe.stderr, probe.stderr  # the guard is active in every process
+    (guard / "attempts.log").unlink()
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"]):
         _run(cmd, root, env)
     yield root, env
+    log = guard / "attempts.log"
+    assert not log.exists(), f"a process tried to reach the network:\n{log.read_text()}"
     # the ephemeral Prefect server is a child of each flow process and exits with it
 
 

@@ -144,8 +144,15 @@ def test_interrupted_train_recon_resumes_to_the_same_weights(repo_root, stores, 
     with pytest.raises(KeyboardInterrupt):
         _train(params, stores, tmp_path / "b")
     assert load_checkpoint(latest_checkpoint(tmp_path / "b" / "run" / "checkpoints"))[1]["step"] == 3
-    monkeypatch.setattr(ReconTrainer, "step", real)
+    counted = []
+
+    def counting(self, images, w=None):
+        counted.append(self.steps)
+        return real(self, images, w)
+
+    monkeypatch.setattr(ReconTrainer, "step", counting)
     _train(params, stores, tmp_path / "b")
+    assert counted == [3, 4, 5]  # only the remaining steps, from the restored step
     a = load_checkpoint(tmp_path / "a" / "recon" / "decomposer.safetensors")[0]
     b = load_checkpoint(tmp_path / "b" / "recon" / "decomposer.safetensors")[0]
     for key in a:
@@ -167,9 +174,14 @@ def test_train_recon_divergence_stops_with_a_clear_message(repo_root, stores, tm
         _train(tiny(repo_root), stores, tmp_path)
 
 
-def test_changed_recon_params_restart_instead_of_resuming(repo_root, stores, tmp_path):
+def test_changed_recon_params_restart_instead_of_resuming(repo_root, stores, tmp_path, caplog):
     _train(tiny(repo_root), stores, tmp_path)
-    result = _train(tiny(repo_root, lr=3e-4), stores, tmp_path)
+    old = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    with caplog.at_level("WARNING"):
+        result = _train(tiny(repo_root, lr=3e-4), stores, tmp_path)
+    (aside,) = tmp_path.glob("run.old-*")  # moved aside, never deleted
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == old
+    assert "lr: 0.001 -> 0.0003" in caplog.text
     meta = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))[1]
     assert meta["params_hash"] == tiny(repo_root, lr=3e-4).section_hash("recon") and result["steps"] == 6
     assert len((tmp_path / "run" / "curves.csv").read_text().splitlines()) == 1 + 6
@@ -180,9 +192,10 @@ HEALTHY = {"probe_loss": -1.0, "valid_frac": 0.7, "recon_contrast": 0.9, "albedo
 
 
 def _scripted_probe(monkeypatch, *snapshots):
-    """The stage's probe returns these measures (overrides of HEALTHY), one per snapshot in order."""
+    """The stage's probe returns these measures (overrides of HEALTHY), one per snapshot in order, then
+    HEALTHY (the final check of the exported weights)."""
     script = iter(snapshots)
-    monkeypatch.setattr(train_recon, "probe", lambda *a, **k: {**HEALTHY, **next(script)})
+    monkeypatch.setattr(train_recon, "probe", lambda *a, **k: {**HEALTHY, **next(script, {})})
 
 
 def test_a_collapse_restarts_from_the_best_snapshot_with_a_new_seed(repo_root, stores, tmp_path, monkeypatch):
@@ -219,6 +232,15 @@ def test_the_best_snapshot_is_exported_not_the_last(repo_root, stores, tmp_path,
     for key in exported:
         torch.testing.assert_close(exported[key], best[key], msg=key)
     assert any(not torch.equal(exported[k], last[k]) for k in exported)
+
+
+def test_an_exported_decomposer_whose_yaw_never_varied_is_marked_degenerate(repo_root, stores, tmp_path,
+                                                                           monkeypatch):
+    _scripted_probe(monkeypatch, {}, {}, {"yaw_std_deg": 0.5})  # snapshots fine, the export's yaw is constant
+    result = _train(tiny(repo_root), stores, tmp_path)
+    assert result["degenerate"] is True
+    assert any("yaw does not vary" in r for r in result["degenerate_reasons"])
+    assert load_checkpoint(tmp_path / "recon" / "decomposer.safetensors")[1]["degenerate"] is True
 
 
 def test_downstream_refuses_a_degenerate_decomposer_unless_allowed(repo_root, stores, tmp_path):

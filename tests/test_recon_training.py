@@ -360,3 +360,22 @@ def test_yaw_extrapolation_is_capped_where_the_predicted_yaw_passes_the_limit():
         w_s = tracker.extrapolate(w, 10.0, torch.Generator().manual_seed(2), limit_deg=54.0)
         assert float((slope * w_s[:, 2]).abs().max()) <= min(54.0, slope * 10 * tracker.sigma_w) + 1e-3
         assert tracker.max_scale(10.0, None) == 10.0
+
+
+def test_mirror_consistency_is_zero_for_a_mirror_equivariant_view_and_catches_a_biased_yaw():
+    from models.recon_training import mirror_consistency
+    torch.manual_seed(0)
+    model = Decomposer(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8)
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    dec = model(images)  # view and light heads start at 0: the frontal view is its own mirror image
+    assert float(mirror_consistency(model, images, dec.view, dec.light)) == 0.0
+
+    def biased(module, inputs, output):  # yaw = +0.5 x 60 = 30 degrees, whatever the input
+        output = output.clone()
+        output[:, 1] = 0.5
+        return output
+    model.view_net.register_forward_hook(biased)
+    dec = model(images)
+    loss = mirror_consistency(model, images, dec.view, dec.light)
+    assert float(loss) == pytest.approx((30 + 30) / 60 / 6)  # |30 - (-30)| in units of 60 degrees, 1 of 6 outputs
+

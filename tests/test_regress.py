@@ -98,3 +98,46 @@ def test_mismatched_stores_are_refused(repo_root, tmp_path):
     with pytest.raises(ValueError, match="semantics.zarr has 128 rows, latents.zarr 100"):
         regress.run(tiny(repo_root), tmp_path / "lat2.zarr", tmp_path / "sem.zarr", tmp_path / "d.zarr",
                     tmp_path / "m.json")
+
+
+def _planted_with(tmp_path, edit):
+    """The planted stores with the semantics array edited in place by ``edit(y [n, 14])``."""
+    import zarr
+    w, a = planted(tmp_path)
+    sem = zarr.open_group(str(tmp_path / "sem.zarr"), mode="r+")
+    y = sem["semantics"][:]
+    edit(y)
+    sem["semantics"][:] = y
+    return w, a
+
+
+def test_a_constant_semantic_is_flagged_with_undefined_r2(repo_root, tmp_path):
+    def constant(y):
+        y[:, SEMANTIC_NAMES.index("roll")] = 3.0
+    _planted_with(tmp_path, constant)
+    result = regress.run(tiny(repo_root), tmp_path / "lat.zarr", tmp_path / "sem.zarr", tmp_path / "dir.zarr",
+                         tmp_path / "m.json")
+    assert result["r2"]["roll"] is None and "constant" in result["flagged"]["roll"]
+    assert result["r2"]["yaw"] > 0.99 and list(result["flagged"]) == ["roll"]
+    store = open_store(tmp_path / "dir.zarr")
+    assert np.isnan(store["r2"][SEMANTIC_NAMES.index("roll")]) and "roll" in store.attrs["flagged"]
+    assert np.abs(store["directions"][SEMANTIC_NAMES.index("roll")]).max() < 1e-6
+    import json
+    assert json.loads((tmp_path / "m.json").read_text())["r2"]["roll"] is None  # valid JSON, no NaN
+
+
+def test_non_finite_measurements_are_dropped_counted_and_never_reach_a_direction(repo_root, tmp_path, caplog):
+    def holes(y):
+        y[7, SEMANTIC_NAMES.index("yaw")] = np.nan
+        y[130, SEMANTIC_NAMES.index("pitch")] = np.inf
+    w, a = _planted_with(tmp_path, holes)
+    with caplog.at_level("WARNING"):
+        result = regress.run(tiny(repo_root), tmp_path / "lat.zarr", tmp_path / "sem.zarr", tmp_path / "dir.zarr",
+                             tmp_path / "m.json")
+    assert result["n_dropped"] == 2 and "2 of 600 samples" in caplog.text and "[7, 130]" in caplog.text
+    store = open_store(tmp_path / "dir.zarr")
+    for name in ("directions", "unit", "sigma_w", "r2"):
+        assert np.isfinite(store[name][:]).all(), name
+    assert store.attrs["n_dropped"] == 2 and store.attrs["dropped_first"] == [7, 130]
+    cos = (unit(torch.from_numpy(store["directions"][:]).double()) * unit(a[:, :14].T.double())).sum(1).abs()
+    assert float(cos.min()) > 0.99  # the rest still recovers every planted direction

@@ -89,6 +89,14 @@ def test_report_names_missing_inputs(built, tmp_path):
     assert result["missing"] == 1 and "dendrogram.png" in (partial / "report" / "index.html").read_text()
 
 
+def test_report_is_self_contained(built):
+    """No external URL: every image is embedded, no script, style or link is fetched."""
+    d, _ = built
+    page = (d / "report" / "index.html").read_text()
+    assert re.findall(r'(?:src|href)\s*=\s*["\'](?!data:|#)([^"\']+)', page) == []
+    assert re.findall(r"https?://", page) == [] and "@import" not in page and "url(" not in page
+
+
 def test_report_states_the_decomposition_verdict_first(built, tmp_path):
     d, _ = built
     data = tmp_path / "data"
@@ -117,12 +125,23 @@ def test_report_states_the_decomposition_verdict_first(built, tmp_path):
 def test_report_loads_in_headless_chromium_with_no_broken_image(built, tmp_path):
     assert CHROMIUM, "chromium is required (FACESEM_REQUIRE_BROWSER is set) but not installed"
     d, _ = built
-    url = (d / "report" / "index.html").as_uri()
     common = BROWSER_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
-    dom = subprocess.run([CHROMIUM, *common, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    match = re.search(r'data-broken-images="(\d+)"', dom.stdout)
-    assert match, f"the page's load check did not run:\n{dom.stderr[-2000:]}"
-    assert match.group(1) == "0"
+
+    def broken_images(page) -> str:
+        dom = subprocess.run([CHROMIUM, *common, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                             timeout=120)
+        match = re.search(r'data-broken-images="(\d+)"', dom.stdout)
+        assert match, f"the page's load check did not run:\n{dom.stderr[-2000:]}"
+        return match.group(1)
+
+    # negative control: the same page with one image's data cut must count exactly one broken image
+    page = (d / "report" / "index.html").read_text()
+    start = page.index('src="data:image/png;base64,') + len('src="data:image/png;base64,')
+    control = tmp_path / "broken.html"
+    control.write_text(page[:start] + "AAAA" + page[page.index('"', start):])
+    assert broken_images(control) == "1"
+    assert broken_images(d / "report" / "index.html") == "0"
+    url = (d / "report" / "index.html").as_uri()
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, *common, f"--screenshot={shot}", "--window-size=1200,1600", url],
                    capture_output=True, text=True, timeout=120)

@@ -312,8 +312,15 @@ def test_minibatch_std_matches_manual_computation():
 
 
 def test_minibatch_std_group_falls_back_to_a_divisor():
-    x = torch.randn(6, 2, 2, 2)
-    assert MinibatchStd(group_size=4)(x).shape == (6, 3, 2, 2)  # group of 3
+    x = torch.randn(6, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    out = MinibatchStd(group_size=4)(x)  # 4 does not divide 6: groups of 3
+    assert out.shape == (6, 3, 2, 2)
+    torch.testing.assert_close(out[:, :2], x)
+    for i in range(6):  # sample i is grouped with i + 2 and i + 4 (mod 6): n % (N / G)
+        members = x[[i % 2, i % 2 + 2, i % 2 + 4]]
+        expect = members.std(0, unbiased=False).mean()
+        torch.testing.assert_close(out[i, 2], torch.full((2, 2), float(expect)), atol=1e-6, rtol=1e-5)
+    assert out[0, 2, 0, 0] != out[1, 2, 0, 0]  # two different groups, two different statistics
 
 
 def test_generator_and_discriminator_gradients_reach_every_parameter():
