@@ -38,6 +38,8 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 test: install browser
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	FACESEM_REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider
 
 bench: install

@@ -53,7 +53,9 @@ PARTS = ("D_main", "D_r1", "G_main", "G_pl", "ema", "decorr")
 
 def build(cfg: dict, batch: int, seed: int, **trainer_kwargs) -> GANTrainer:
     torch.manual_seed(seed)
-    G = Generator(cfg["z_dim"], cfg["w_dim"], cfg["mapping_layers"], cfg["resolution"], cfg["channel_base"], cfg["channel_max"])
+    G = Generator(
+        cfg["z_dim"], cfg["w_dim"], cfg["mapping_layers"], cfg["resolution"], cfg["channel_base"], cfg["channel_max"]
+    )
     D = Discriminator(cfg["resolution"], cfg["channel_base"], cfg["channel_max"])
     return GANTrainer(G, D, batch_size=batch, seed=seed, **trainer_kwargs)
 
@@ -89,9 +91,13 @@ def bench_config(name: str, cfg: dict, batch: int, steps: int, check_steps: int,
         "decorr": t["decorr"],
     }
     out = {
-        "config": dict(cfg, batch=batch, channels=channels_per_resolution(res, cfg["channel_base"], cfg["channel_max"]),
-                       num_params_G=sum(p.numel() for p in tr.G.parameters()),
-                       num_params_D=sum(p.numel() for p in tr.D.parameters())),
+        "config": dict(
+            cfg,
+            batch=batch,
+            channels=channels_per_resolution(res, cfg["channel_base"], cfg["channel_max"]),
+            num_params_G=sum(p.numel() for p in tr.G.parameters()),
+            num_params_D=sum(p.numel() for p in tr.D.parameters()),
+        ),
         "phase_seconds": t,
         "img_per_s_no_reg": batch / no_reg,
         "img_per_s_lazy": batch / lazy,
@@ -125,8 +131,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}, "
-          f"load average (1 min) before start {load:.2f}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}, "
+        f"load average (1 min) before start {load:.2f}"
+    )
     results = {}
     for name, cfg in CONFIGS.items():
         if args.only_default and name != "32px-default":
@@ -138,30 +146,40 @@ def main(argv=None) -> int:
         results[name] = bench_config(name, cfg, args.batch, steps, check, args.decorr_weight)
         results[name]["bench_seconds"] = time.perf_counter() - t0
         c = results[name]["config"]
-        print(f"\n[{name}] resolution {c['resolution']}, channels {c['channels']}, z_dim {c['z_dim']}, "
-              f"w_dim {c['w_dim']}, mapping layers {c['mapping_layers']}, batch {c['batch']}, "
-              f"G {c['num_params_G'] / 1e6:.2f}M params, D {c['num_params_D'] / 1e6:.2f}M params "
-              f"({results[name]['bench_seconds']:.0f} s)")
+        print(
+            f"\n[{name}] resolution {c['resolution']}, channels {c['channels']}, z_dim {c['z_dim']}, "
+            f"w_dim {c['w_dim']}, mapping layers {c['mapping_layers']}, batch {c['batch']}, "
+            f"G {c['num_params_G'] / 1e6:.2f}M params, D {c['num_params_D'] / 1e6:.2f}M params "
+            f"({results[name]['bench_seconds']:.0f} s)"
+        )
 
-    header = f"{'config':<14} {'no reg':>8} {'lazy':>8} {'every':>8} {'check':>8}   " + " ".join(f"{p:>7}" for p in PARTS)
-    print("\nimg/s per full training step (G + D, batch %d); share of the lazy-amortised step time per part" % args.batch)
+    header = f"{'config':<14} {'no reg':>8} {'lazy':>8} {'every':>8} {'check':>8}   " + " ".join(
+        f"{p:>7}" for p in PARTS
+    )
+    print(f"\nimg/s per full training step (G + D, batch {args.batch}); share of the lazy-amortised step time per part")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         check = f"{r['img_per_s_check']:8.1f}" if "img_per_s_check" in r else f"{'-':>8}"
         shares = " ".join(f"{100 * r['share_lazy'][p]:6.1f}%" for p in PARTS)
-        print(f"{name:<14} {r['img_per_s_no_reg']:8.1f} {r['img_per_s_lazy']:8.1f} {r['img_per_s_every_step']:8.1f} "
-              f"{check}   {shares}")
+        print(
+            f"{name:<14} {r['img_per_s_no_reg']:8.1f} {r['img_per_s_lazy']:8.1f} {r['img_per_s_every_step']:8.1f} "
+            f"{check}   {shares}"
+        )
     print("\nphase seconds (median, when run):")
     for name, r in results.items():
         print(f"  {name}: " + ", ".join(f"{p} {v:.3f}" for p, v in r["phase_seconds"].items()))
     default = results.get("32px-default")
     if default:
-        print(f"\n32x32 lazy-amortised: {default['img_per_s_lazy']:.1f} img/s "
-              f"(NVlabs stylegan2-ada-pytorch reference on this CPU: 28-31 img/s)")
+        print(
+            f"\n32x32 lazy-amortised: {default['img_per_s_lazy']:.1f} img/s "
+            f"(NVlabs stylegan2-ada-pytorch reference on this CPU: 28-31 img/s)"
+        )
     if "64px-narrow" in results:
-        print(f"64x64 (same channel rule) lazy-amortised: {results['64px-narrow']['img_per_s_lazy']:.1f} img/s "
-              f"(NVlabs reference: 18-19 img/s)")
+        print(
+            f"64x64 (same channel rule) lazy-amortised: {results['64px-narrow']['img_per_s_lazy']:.1f} img/s "
+            f"(NVlabs reference: 18-19 img/s)"
+        )
     if args.json:
         summary = {
             "img_per_s": default["img_per_s_lazy"] if default else None,

@@ -20,6 +20,7 @@ The default configuration (first row: 32x32, swap_prob 0.5) goes into the
 JSON as ``img_per_s`` and ``renderer_share``. Target: renderer < 20 % of the step.
 The machine may be shared: the 1-minute load average is printed with the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,10 +87,16 @@ def bench(size, swap_prob, batch, warmup, repeats, seed=0):
         partner = derangement(batch, gen) if swap_prob > 0 else None
         renders.append(time_render(trainer, x, partner))
     step_s, render_s = statistics.median(steps), statistics.median(renders)
-    return {"resolution": size, "swap_prob": swap_prob, "batch": batch,
-            "params": sum(p.numel() for p in model.parameters()),
-            "step_s": round(step_s, 4), "img_per_s": round(batch / step_s, 1),
-            "render_fwd_bwd_s": round(render_s, 4), "renderer_share": round(render_s / step_s, 3)}
+    return {
+        "resolution": size,
+        "swap_prob": swap_prob,
+        "batch": batch,
+        "params": sum(p.numel() for p in model.parameters()),
+        "step_s": round(step_s, 4),
+        "img_per_s": round(batch / step_s, 1),
+        "render_fwd_bwd_s": round(render_s, 4),
+        "renderer_share": round(render_s / step_s, 3),
+    }
 
 
 def main(argv=None):
@@ -108,25 +115,40 @@ def main(argv=None):
     rows = [bench(r, p, args.batch, args.warmup, args.repeats) for r, p in configs]
     load1 = os.getloadavg()[0]
 
-    print(f"recon training step: batch {args.batch}, {args.threads} threads, median of {args.repeats} "
-          f"after {args.warmup} warm-up steps (load average {load0:.2f} -> {load1:.2f})")
-    head = (f"{'res':>4} | {'swap':>4} | {'params':>8} | {'step s':>7} | {'img/s':>6} | "
-            f"{'render s':>8} | {'render %':>8}")
+    print(
+        f"recon training step: batch {args.batch}, {args.threads} threads, median of {args.repeats} "
+        f"after {args.warmup} warm-up steps (load average {load0:.2f} -> {load1:.2f})"
+    )
+    head = (
+        f"{'res':>4} | {'swap':>4} | {'params':>8} | {'step s':>7} | {'img/s':>6} | {'render s':>8} | {'render %':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['resolution']:>4} | {r['swap_prob']:>4} | {r['params']:>8} | {r['step_s']:7.3f} | "
-              f"{r['img_per_s']:6.1f} | {r['render_fwd_bwd_s']:8.3f} | {100 * r['renderer_share']:7.1f}%")
+        print(
+            f"{r['resolution']:>4} | {r['swap_prob']:>4} | {r['params']:>8} | {r['step_s']:7.3f} | "
+            f"{r['img_per_s']:6.1f} | {r['render_fwd_bwd_s']:8.3f} | {100 * r['renderer_share']:7.1f}%"
+        )
     default = rows[0]
     ok = all(r["renderer_share"] < TARGET_SHARE for r in rows)
-    print(f"target renderer share < {TARGET_SHARE:.0%} of the step: {'met' if ok else 'NOT met'} "
-          f"(default config: {default['renderer_share']:.1%})")
+    print(
+        f"target renderer share < {TARGET_SHARE:.0%} of the step: {'met' if ok else 'NOT met'} "
+        f"(default config: {default['renderer_share']:.1%})"
+    )
     if args.json:
-        summary = dict(img_per_s=default["img_per_s"], renderer_share=default["renderer_share"],
-                       default={k: default[k] for k in ("resolution", "swap_prob", "batch")}, rows=rows,
-                       target_renderer_share=TARGET_SHARE, threads=args.threads, repeats=args.repeats,
-                       warmup=args.warmup, load_avg=[round(load0, 2), round(load1, 2)],
-                       torch=torch.__version__, machine=platform.machine())
+        summary = dict(
+            img_per_s=default["img_per_s"],
+            renderer_share=default["renderer_share"],
+            default={k: default[k] for k in ("resolution", "swap_prob", "batch")},
+            rows=rows,
+            target_renderer_share=TARGET_SHARE,
+            threads=args.threads,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            load_avg=[round(load0, 2), round(load1, 2)],
+            torch=torch.__version__,
+            machine=platform.machine(),
+        )
         print(json.dumps(summary))
 
 

@@ -14,6 +14,7 @@ script to resume). Prints one row per run, then the median and range per chain, 
 
     .venv/bin/python benchmarks/recon_seeds.py --seeds 0 1 2 3 4 [--chains linear default] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,13 +61,28 @@ def prepare(work: Path, chain: str, threads: int) -> Path:
     faces = work / "faces.zarr"
     if not (faces / "zarr.json").is_file():
         p = params_file(work / "params-faces.yaml", {})
-        stage("faces", p, work / "faces.log", threads, out=faces, report=work / "faces_report.csv",
-              metrics=work / "faces.json")
+        stage(
+            "faces",
+            p,
+            work / "faces.log",
+            threads,
+            out=faces,
+            report=work / "faces_report.csv",
+            metrics=work / "faces.json",
+        )
     gen = work / chain / "gan" / "generator.safetensors"
     if not gen.is_file():
         p = params_file(work / chain / "params.yaml", CHAINS[chain])
-        stage("train_gan", p, work / chain / "train_gan.log", threads, faces=faces, out=work / chain / "gan",
-              run=work / chain / "gan_run", metrics=work / chain / "gan.json")
+        stage(
+            "train_gan",
+            p,
+            work / chain / "train_gan.log",
+            threads,
+            faces=faces,
+            out=work / chain / "gan",
+            run=work / chain / "gan_run",
+            metrics=work / chain / "gan.json",
+        )
     return gen
 
 
@@ -77,8 +93,17 @@ def train(work: Path, chain: str, seed: int, gen: Path, threads: int) -> dict:
     if not metrics.is_file():
         p = params_file(run / "params.yaml", {**CHAINS[chain], "recon": {"seed": seed}})
         try:
-            stage("train_recon", p, run / "train_recon.log", threads, generator=gen, faces=work / "faces.zarr",
-                  out=run / "recon", run=run / "run", metrics=metrics)
+            stage(
+                "train_recon",
+                p,
+                run / "train_recon.log",
+                threads,
+                generator=gen,
+                faces=work / "faces.zarr",
+                out=run / "recon",
+                run=run / "run",
+                metrics=metrics,
+            )
         except RuntimeError as err:  # a Collapse past its recoveries: a result, not a crash of the benchmark
             return {"chain": chain, "seed": seed, "failed": str(err), "degenerate": True}
     return {"chain": chain, "seed": seed, **json.loads(metrics.read_text())}
@@ -87,11 +112,14 @@ def train(work: Path, chain: str, seed: int, gen: Path, threads: int) -> dict:
 def summarize(runs: list[dict]) -> dict:
     ok = [r for r in runs if "failed" not in r]
     stats = {k: np.array([r[k] for r in ok if r.get(k) is not None], dtype=float) for k in KEYS}
-    return {"runs": runs, "median": {k: round(float(np.median(v)), 4) for k, v in stats.items() if v.size},
-            "min": {k: round(float(v.min()), 4) for k, v in stats.items() if v.size},
-            "max": {k: round(float(v.max()), 4) for k, v in stats.items() if v.size},
-            "collapsed": sum(bool(r.get("degenerate")) for r in runs),
-            "recovered": sum(bool(r.get("recoveries")) for r in runs)}
+    return {
+        "runs": runs,
+        "median": {k: round(float(np.median(v)), 4) for k, v in stats.items() if v.size},
+        "min": {k: round(float(v.min()), 4) for k, v in stats.items() if v.size},
+        "max": {k: round(float(v.max()), 4) for k, v in stats.items() if v.size},
+        "collapsed": sum(bool(r.get("degenerate")) for r in runs),
+        "recovered": sum(bool(r.get("recoveries")) for r in runs),
+    }
 
 
 def main() -> None:
@@ -114,8 +142,11 @@ def main() -> None:
         print(f"{r['chain']:8} {r['seed']:4d} {vals}  {str(r.get('degenerate')):10}  {len(r.get('recoveries', []))}")
     for c, s in out["chains"].items():
         print(f"{c:8} median " + " ".join(f"{s['median'].get(k, float('nan')):19.4f}" for k in KEYS))
-        print(f"{c:8} range  " + " ".join(f"{s['min'].get(k, np.nan):9.4f}-{s['max'].get(k, np.nan):<9.4f}"
-                                         for k in KEYS) + f"  collapsed {s['collapsed']} of {len(s['runs'])}")
+        print(
+            f"{c:8} range  "
+            + " ".join(f"{s['min'].get(k, np.nan):9.4f}-{s['max'].get(k, np.nan):<9.4f}" for k in KEYS)
+            + f"  collapsed {s['collapsed']} of {len(s['runs'])}"
+        )
     if args.json:
         print(json.dumps(out))
 

@@ -19,6 +19,7 @@ Each runs in a fresh child process; peak memory is the child's peak RSS minus th
 child with the same imports that only builds A (its baseline). Also reported: the largest
 difference of the two solutions and the error against the planted A.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,7 @@ def _stream(n, d, s, chunk, seed, out):
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     eq, spent, a = NormalEquations(d, s), 0.0, None
-    for a, dw, dy in _chunks(n, d, s, chunk, seed):
+    for a, dw, dy in _chunks(n, d, s, chunk, seed):  # noqa: B007  (a: the last chunk, kept for the solve)
         t0 = time.perf_counter()
         eq.add(torch.from_numpy(dw), torch.from_numpy(dy))
         spent += time.perf_counter() - t0
@@ -128,19 +129,35 @@ def main() -> None:
         lstsq = _child(_lstsq, shape)
         diff = float(np.abs(np.load(stream["solution"]) - np.load(lstsq["solution"])).max())
     peak = {k: max(r["rss_mb"] - base[k]["rss_mb"], 0.0) for k, r in (("stream", stream), ("lstsq", lstsq))}
-    print(f"regression: N = {args.pairs} pairs, d = {args.dim}, S = {args.outputs} outputs, float64; "
-          f"{platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.2f}")
+    print(
+        f"regression: N = {args.pairs} pairs, d = {args.dim}, S = {args.outputs} outputs, float64; "
+        f"{platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'method':<8} {'seconds':>9} {'peak MB':>9} {'max |v - A|':>12}")
     for name, r in (("stream", stream), ("lstsq", lstsq)):
         print(f"{name:<8} {r['seconds']:>9.2f} {peak[name]:>9.0f} {r['max_err_vs_truth']:>12.2e}")
-    print(f"stream / lstsq: time x{stream['seconds'] / lstsq['seconds']:.2f}, "
-          f"memory x{peak['stream'] / max(peak['lstsq'], 1e-9):.3f}; max |v_stream - v_lstsq| = {diff:.2e} "
-          f"(baseline RSS subtracted: {base['stream']['rss_mb']:.0f} MB with torch, {base['lstsq']['rss_mb']:.0f} MB numpy)")
+    print(
+        f"stream / lstsq: time x{stream['seconds'] / lstsq['seconds']:.2f}, "
+        f"memory x{peak['stream'] / max(peak['lstsq'], 1e-9):.3f}; max |v_stream - v_lstsq| = {diff:.2e} "
+        f"(baseline RSS subtracted: {base['stream']['rss_mb']:.0f} MB with torch, "
+        f"{base['lstsq']['rss_mb']:.0f} MB numpy)"
+    )
     if args.json:
-        print(json.dumps({"pairs": args.pairs, "dim": args.dim, "outputs": args.outputs,
-                          "stream_s": round(stream["seconds"], 3), "lstsq_s": round(lstsq["seconds"], 3),
-                          "stream_peak_mb": round(peak["stream"], 1), "lstsq_peak_mb": round(peak["lstsq"], 1),
-                          "max_abs_diff": diff, "load_1min": os.getloadavg()[0]}))
+        print(
+            json.dumps(
+                {
+                    "pairs": args.pairs,
+                    "dim": args.dim,
+                    "outputs": args.outputs,
+                    "stream_s": round(stream["seconds"], 3),
+                    "lstsq_s": round(lstsq["seconds"], 3),
+                    "stream_peak_mb": round(peak["stream"], 1),
+                    "lstsq_peak_mb": round(peak["lstsq"], 1),
+                    "max_abs_diff": diff,
+                    "load_1min": os.getloadavg()[0],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ def dense_march_render(depth, albedo, view, light, fov_deg=10.0, steps=None):
 
 def time_render(fn, inputs, repeats):
     """Median seconds of forward (no grad) and of forward + backward."""
+
     def fwd():
         with torch.no_grad():
             fn(*inputs)
@@ -152,8 +153,10 @@ def main(argv=None):
             base["mean_abs_diff_vs_renderer"][str(yaw)] = round(float(mad), 5)
     load1 = os.getloadavg()[0]
 
-    print(f"renderer: batch {args.batch}, {args.size}x{args.size}, {args.threads} threads, "
-          f"median of {args.repeats} (load average {load0:.2f} -> {load1:.2f})")
+    print(
+        f"renderer: batch {args.batch}, {args.size}x{args.size}, {args.threads} threads, "
+        f"median of {args.repeats} (load average {load0:.2f} -> {load1:.2f})"
+    )
     head = f"{'yaw':>4} | {'fwd s':>7} | {'fwd+bwd s':>9} | {'hits':>5}"
     if args.baseline_batch:
         head += f" | {'march fwd s':>11} | {'march fwd+bwd s':>15} | {'speed-up fwd+bwd':>16}"
@@ -162,30 +165,50 @@ def main(argv=None):
     for yaw in map(str, YAWS):
         row = f"{yaw:>4} | {res['fwd_s'][yaw]:7.3f} | {res['fwd_bwd_s'][yaw]:9.3f} | {res['hit_fraction'][yaw]:5.2f}"
         if args.baseline_batch:
-            row += (f" | {base['fwd_s'][yaw]:11.2f} | {base['fwd_bwd_s'][yaw]:15.2f}"
-                    f" | {base['fwd_bwd_s'][yaw] / res['fwd_bwd_s'][yaw]:15.1f}x")
+            row += (
+                f" | {base['fwd_s'][yaw]:11.2f} | {base['fwd_bwd_s'][yaw]:15.2f}"
+                f" | {base['fwd_bwd_s'][yaw] / res['fwd_bwd_s'][yaw]:15.1f}x"
+            )
         print(row)
     if args.baseline_batch:
-        print(f"baseline: dense fixed-step ray march ({args.size} steps), timed at batch {args.baseline_batch} "
-              f"and scaled x{args.batch / args.baseline_batch:g}")
+        print(
+            f"baseline: dense fixed-step ray march ({args.size} steps), timed at batch {args.baseline_batch} "
+            f"and scaled x{args.batch / args.baseline_batch:g}"
+        )
     target = 0.25
     worst = max(res["fwd_bwd_s"].values())
     print(f"target fwd+bwd < {target} s at every yaw: {'met' if worst < target else 'NOT met'} (worst {worst:.3f} s)")
     busy = max(load0, load1) > (os.cpu_count() or 2) + 1
     if busy:
-        print("warning: other processes were using the CPUs (load average above the core count); with "
-              "2 threads each op then waits for a descheduled thread, so these figures can be several "
-              "times too slow: repeat on a quiet machine, or compare --threads 1")
+        print(
+            "warning: other processes were using the CPUs (load average above the core count); with "
+            "2 threads each op then waits for a descheduled thread, so these figures can be several "
+            "times too slow: repeat on a quiet machine, or compare --threads 1"
+        )
 
     if args.json:
-        summary = dict(res, batch=args.batch, size=args.size, threads=args.threads, repeats=args.repeats,
-                       target_fwd_bwd_s=target, load_avg=[round(load0, 2), round(load1, 2)], busy=busy,
-                       torch=torch.__version__, machine=platform.machine())
+        summary = dict(
+            res,
+            batch=args.batch,
+            size=args.size,
+            threads=args.threads,
+            repeats=args.repeats,
+            target_fwd_bwd_s=target,
+            load_avg=[round(load0, 2), round(load1, 2)],
+            busy=busy,
+            torch=torch.__version__,
+            machine=platform.machine(),
+        )
         if args.baseline_batch:
-            summary["baseline"] = dict(base, name=f"dense fixed-step ray march, {args.size} steps",
-                                       timed_batch=args.baseline_batch, scaled_to_batch=args.batch)
-            summary["speedup_fwd_bwd"] = {y: round(base["fwd_bwd_s"][y] / res["fwd_bwd_s"][y], 1)
-                                          for y in base["fwd_bwd_s"]}
+            summary["baseline"] = dict(
+                base,
+                name=f"dense fixed-step ray march, {args.size} steps",
+                timed_batch=args.baseline_batch,
+                scaled_to_batch=args.batch,
+            )
+            summary["speedup_fwd_bwd"] = {
+                y: round(base["fwd_bwd_s"][y] / res["fwd_bwd_s"][y], 1) for y in base["fwd_bwd_s"]
+            }
         print(json.dumps(summary))
 
 

@@ -19,6 +19,7 @@ is biased upward; only rows from one run of this script are comparable):
 * with ``--oracle``: per pose angle, the generated std / the data's std (both measured by the
   oracle) and the held-out r of a least-squares direction in W (fit on half, scored on half).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +48,11 @@ POSE = ("yaw", "pitch", "roll")
 
 def _sample_w(gen, n: int, seed: int, batch: int = 250) -> torch.Tensor:
     z = torch.randn(n, gen.z_dim, generator=torch.Generator().manual_seed(seed))
-    return torch.cat([gen.mapping(z[i:i + batch]) for i in range(0, n, batch)])  # [n, w_dim]
+    return torch.cat([gen.mapping(z[i : i + batch]) for i in range(0, n, batch)])  # [n, w_dim]
 
 
 def _synthesize(gen, w: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    return torch.cat([gen.synthesis(w[i:i + batch]) for i in range(0, len(w), batch)])  # [n, 3, r, r] in [-1, 1]
+    return torch.cat([gen.synthesis(w[i : i + batch]) for i in range(0, len(w), batch)])  # [n, 3, r, r] in [-1, 1]
 
 
 def score(gen, real_stats, n: int, pairs: int, oracle_dir: Path | None = None, real_pose=None) -> dict:
@@ -60,7 +61,9 @@ def score(gen, real_stats, n: int, pairs: int, oracle_dir: Path | None = None, r
     with torch.no_grad():
         for seed in (11, 12):
             fake = _synthesize(gen, _sample_w(gen, n, seed))
-            row[f"fid_seed{seed}"] = round(frechet_distance(*real_stats, *feature_statistics(inception_features(fake, "cpu"))), 2)
+            row[f"fid_seed{seed}"] = round(
+                frechet_distance(*real_stats, *feature_statistics(inception_features(fake, "cpu"))), 2
+            )
         row["mean_abs_rho"] = round(float(mean_abs_rho(_sample_w(gen, 4096, 13))), 4)
         g = torch.Generator().manual_seed(14)
         z = torch.randn(2 * pairs, gen.z_dim, generator=g)

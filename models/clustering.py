@@ -1,4 +1,5 @@
 """Grouping localized components (paper Fig. 6): Ward linkage on 1 - |cos|, region labels, purity."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,9 @@ def cosine_distance(units: torch.Tensor) -> np.ndarray:
     return (dist + dist.T) / 2
 
 
-def ward_clusters(units: torch.Tensor, n_clusters: int = 3, distance: float | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def ward_clusters(
+    units: torch.Tensor, n_clusters: int = 3, distance: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Ward linkage [K - 1, 4] of the directions and flat labels [K] (1..n): ``n_clusters``
     clusters, or the cut at ``distance`` when given."""
     z = linkage(squareform(cosine_distance(units), checks=False), method="ward")
@@ -28,7 +30,7 @@ def ward_clusters(units: torch.Tensor, n_clusters: int = 3, distance: float | No
 def region_labels(touched: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Each component's region: argmax over regions [R, r, r] of its support overlap; touched [K, r, r].
     -1 for an empty support."""
-    overlap = (touched[:, None] & regions[None]).flatten(2).sum(2)          # [K, R]
+    overlap = (touched[:, None] & regions[None]).flatten(2).sum(2)  # [K, R]
     return torch.where(touched.flatten(1).any(1), overlap.argmax(1), torch.full_like(overlap[:, 0], -1))
 
 

@@ -29,6 +29,7 @@ face; the nets can override it. (2) The view and light encoders' last layer
 starts at zero (frontal view, frontal even light), so their random init
 carries no yaw or light sign. With both, 7 of 7 seeds learnt a convex face.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,7 @@ def _norm(c: int) -> nn.GroupNorm:
 def _levels(resolution: int) -> int:
     """Number of stride-2 stages from r x r down to 4x4."""
     k = int(round(math.log2(resolution)))
-    if resolution < 16 or 2 ** k != resolution:
+    if resolution < 16 or 2**k != resolution:
         raise ValueError(f"resolution must be a power of 2 >= 16, got {resolution}")
     return k - 2
 
@@ -117,16 +118,20 @@ class MapNet(nn.Module):
         for c_hi, c_lo in zip(widths[:0:-1], widths[-2::-1]):  # 4x4 -> ... -> r/2 x r/2
             layers += [
                 nn.ConvTranspose2d(c_hi, c_lo, 4, 2, 1, bias=False),  # s x s -> 2s x 2s
-                _norm(c_lo), nn.ReLU(inplace=True),
+                _norm(c_lo),
+                nn.ReLU(inplace=True),
                 nn.Conv2d(c_lo, c_lo, 3, 1, 1, bias=False),
-                _norm(c_lo), nn.ReLU(inplace=True),
+                _norm(c_lo),
+                nn.ReLU(inplace=True),
             ]
         layers += [
             nn.Upsample(scale_factor=2, mode="nearest"),  # r/2 x r/2 -> r x r
             nn.Conv2d(nf, nf, 3, 1, 1, bias=False),
-            _norm(nf), nn.ReLU(inplace=True),
+            _norm(nf),
+            nn.ReLU(inplace=True),
             nn.Conv2d(nf, nf, 5, 1, 2, bias=False),
-            _norm(nf), nn.ReLU(inplace=True),
+            _norm(nf),
+            nn.ReLU(inplace=True),
             nn.Conv2d(nf, c_out, 5, 1, 2, bias=False),  # r x r
         ]
         self.net = nn.Sequential(*layers)
@@ -138,16 +143,18 @@ class MapNet(nn.Module):
 class ConfidenceNet(nn.Module):
     """Images [B, c_in, r, r] -> sigma [B, c_out, r, r] = softplus + eps (> 0, image units in [-1, 1])."""
 
-    def __init__(self, c_in: int, c_out: int, resolution: int = 32, nf: int = 16, zdim: int = 32,
-                 eps: float = 1e-4):
+    def __init__(self, c_in: int, c_out: int, resolution: int = 32, nf: int = 16, zdim: int = 32, eps: float = 1e-4):
         super().__init__()
         widths = _widths(nf, _levels(resolution))
         layers = _down(c_in, widths, norm=True)  # r x r -> 4x4
         layers += _bottleneck(widths[-1], zdim)
         ups = widths[::-1] + [nf]
         for c_hi, c_lo in zip(ups[:-1], ups[1:]):  # 4x4 -> ... -> r x r
-            layers += [nn.ConvTranspose2d(c_hi, c_lo, 4, 2, 1, bias=False),  # s x s -> 2s x 2s
-                       _norm(c_lo), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(c_hi, c_lo, 4, 2, 1, bias=False),  # s x s -> 2s x 2s
+                _norm(c_lo),
+                nn.ReLU(inplace=True),
+            ]
         layers += [nn.Conv2d(nf, c_out, 5, 1, 2, bias=False), nn.Softplus()]  # r x r
         self.net = nn.Sequential(*layers)
         self.eps = eps
@@ -170,11 +177,11 @@ class DecomposerConfig:
     """
 
     resolution: int = 32
-    nf_map: int = 16        # depth and albedo encoder-decoders (Unsup3D: 64)
-    zdim_map: int = 64      # (Unsup3D: 256)
-    nf_encoder: int = 8     # view and light encoders (Unsup3D: 32)
-    nf_conf: int = 8        # both confidence nets (Unsup3D: 64)
-    zdim_conf: int = 32     # (Unsup3D: 128)
+    nf_map: int = 16  # depth and albedo encoder-decoders (Unsup3D: 64)
+    zdim_map: int = 64  # (Unsup3D: 256)
+    nf_encoder: int = 8  # view and light encoders (Unsup3D: 32)
+    nf_conf: int = 8  # both confidence nets (Unsup3D: 64)
+    zdim_conf: int = 32  # (Unsup3D: 128)
     min_depth: float = 0.9
     max_depth: float = 1.1
     border_px: int | None = None
@@ -185,10 +192,9 @@ class DecomposerConfig:
     depth_prior: float = 0.5  # amplitude (pre-tanh) of a fixed convex ellipsoid added to the raw depth; 0 = Unsup3D
 
     @classmethod
-    def unsup3d(cls, resolution: int = 64, **kw) -> "DecomposerConfig":
+    def unsup3d(cls, resolution: int = 64, **kw) -> DecomposerConfig:
         """Unsup3D's widths (13M parameters per map net at 64x64); other fields as given or default."""
-        return cls(resolution=resolution, nf_map=64, zdim_map=256, nf_encoder=32, nf_conf=64,
-                   zdim_conf=128, **kw)
+        return cls(resolution=resolution, nf_map=64, zdim_map=256, nf_encoder=32, nf_conf=64, zdim_conf=128, **kw)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -197,11 +203,11 @@ class DecomposerConfig:
 class Decomposition(NamedTuple):
     """Output of ``Decomposer.forward``."""
 
-    depth: torch.Tensor      # [B, r, r] canonical depth, world units in [min_depth, max_depth]
-    albedo: torch.Tensor     # [B, 3, r, r] canonical albedo in [0, 1]
-    view: torch.Tensor       # [B, 6] VIEW_NAMES: degrees, world units
-    light: torch.Tensor      # [B, 8] LIGHT_NAMES: ambient, diffuse in [0, 1], direction x, y in [-1, 1]
-    conf: torch.Tensor       # [B, 1, r, r] sigma of the reconstruction (> 0)
+    depth: torch.Tensor  # [B, r, r] canonical depth, world units in [min_depth, max_depth]
+    albedo: torch.Tensor  # [B, 3, r, r] canonical albedo in [0, 1]
+    view: torch.Tensor  # [B, 6] VIEW_NAMES: degrees, world units
+    light: torch.Tensor  # [B, 8] LIGHT_NAMES: ambient, diffuse in [0, 1], direction x, y in [-1, 1]
+    conf: torch.Tensor  # [B, 1, r, r] sigma of the reconstruction (> 0)
     conf_flip: torch.Tensor  # [B, 1, r, r] sigma of the flipped reconstruction (> 0)
 
 
@@ -211,8 +217,9 @@ def ellipsoid(size: int, rx: float = 0.6, ry: float = 0.75, device=None) -> torc
     return (1 - (t[None, :] / rx) ** 2 - (t[:, None] / ry) ** 2).clamp_min(0).sqrt()
 
 
-def depth_from_raw(raw: torch.Tensor, min_depth: float = 0.9, max_depth: float = 1.1,
-                   border_px: int = 1) -> torch.Tensor:
+def depth_from_raw(
+    raw: torch.Tensor, min_depth: float = 0.9, max_depth: float = 1.1, border_px: int = 1
+) -> torch.Tensor:
     """Raw depth-net output [B, r, r] -> canonical depth [B, r, r] (Unsup3D).
 
     Subtract the per-image mean (so a constant offset is meaningless: the
@@ -272,8 +279,9 @@ class Decomposer(nn.Module):
     def _check(self, images: torch.Tensor) -> None:
         r = self.config.resolution
         if images.dim() != 4 or images.shape[1:] != (3, r, r):
-            raise ValueError(f"expected images [B, 3, {r}, {r}], got {tuple(images.shape)} "
-                             "(use models.decomposition.resize)")
+            raise ValueError(
+                f"expected images [B, 3, {r}, {r}], got {tuple(images.shape)} (use models.decomposition.resize)"
+            )
 
     def predict_depth(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, r, r] -> canonical depth [B, r, r] in [min_depth, max_depth]."""
@@ -296,8 +304,8 @@ class Decomposer(nn.Module):
 
     def predict_light(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, r, r] -> light [B, 8]: ambient RGB, diffuse RGB in [0, 1]; direction x, y in [-1, 1]."""
-        l = self.light_net(images)
-        return torch.cat([l[:, :6] / 2 + 0.5, l[:, 6:]], 1)
+        raw = self.light_net(images)
+        return torch.cat([raw[:, :6] / 2 + 0.5, raw[:, 6:]], 1)
 
     def mutual_conf(self, images: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
         """Sigma [B, 1, r, r] of reconstructing ``images`` with the depth and albedo of ``partners``.
@@ -309,9 +317,14 @@ class Decomposer(nn.Module):
     def forward(self, images: torch.Tensor) -> Decomposition:
         self._check(images)
         conf = self.conf_net(images)
-        return Decomposition(self.predict_depth(images), self.predict_albedo(images),
-                             self.predict_view(images), self.predict_light(images),
-                             conf[:, :1], conf[:, 1:])
+        return Decomposition(
+            self.predict_depth(images),
+            self.predict_albedo(images),
+            self.predict_view(images),
+            self.predict_light(images),
+            conf[:, :1],
+            conf[:, 1:],
+        )
 
     def semantics(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, r, r] -> the 14 univariate semantics [B, 14] (SEMANTIC_NAMES order)."""

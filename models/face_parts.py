@@ -13,6 +13,7 @@ the factor's window in ``models.faces``), plus ``asym``, the scale of the
 deliberate left/right asymmetry. Pairs of features (eyes, brows, ...) are
 written for ``|x|`` so they are mirror symmetric unless ``asym`` says otherwise.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,8 +73,7 @@ def ellipse(u: torch.Tensor, v: torch.Tensor, soft: float) -> torch.Tensor:
 def over(base, top, alpha):
     """Alpha compositing ``top`` over ``base`` (tensors or numbers, broadcastable)."""
     like = next(t for t in (alpha, base, top) if torch.is_tensor(t))
-    base, top, alpha = (torch.as_tensor(t, dtype=like.dtype, device=like.device)
-                        for t in (base, top, alpha))
+    base, top, alpha = (torch.as_tensor(t, dtype=like.dtype, device=like.device) for t in (base, top, alpha))
     return torch.lerp(base, top, alpha)
 
 
@@ -103,8 +103,9 @@ def palette(t: torch.Tensor, colours: list[tuple[float, float, float]]) -> torch
 
 def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor | float, v: torch.Tensor | float) -> torch.Tensor:
     """HSV (h in [0, 1], cyclic) to RGB. [n] -> [n, 3]."""
-    h, s, v = torch.broadcast_tensors(h, torch.as_tensor(s, dtype=h.dtype, device=h.device),
-                                      torch.as_tensor(v, dtype=h.dtype, device=h.device))
+    h, s, v = torch.broadcast_tensors(
+        h, torch.as_tensor(s, dtype=h.dtype, device=h.device), torch.as_tensor(v, dtype=h.dtype, device=h.device)
+    )
     out = []
     for n in (5.0, 3.0, 1.0):
         k = torch.remainder(n + 6.0 * h, 6.0)
@@ -114,10 +115,8 @@ def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor | float, v: torch.Tensor | float
 
 # --- colours -----------------------------------------------------------------
 SKIN = [(0.32, 0.19, 0.13), (0.58, 0.40, 0.29), (0.82, 0.63, 0.52), (0.96, 0.81, 0.72)]
-HAIR = [(0.05, 0.04, 0.035), (0.20, 0.12, 0.07), (0.42, 0.28, 0.16), (0.70, 0.55, 0.33),
-        (0.90, 0.80, 0.55)]
-IRIS = [(0.16, 0.08, 0.04), (0.40, 0.26, 0.10), (0.30, 0.42, 0.22), (0.25, 0.45, 0.70),
-        (0.55, 0.62, 0.70)]
+HAIR = [(0.05, 0.04, 0.035), (0.20, 0.12, 0.07), (0.42, 0.28, 0.16), (0.70, 0.55, 0.33), (0.90, 0.80, 0.55)]
+IRIS = [(0.16, 0.08, 0.04), (0.40, 0.26, 0.10), (0.30, 0.42, 0.22), (0.25, 0.45, 0.70), (0.55, 0.62, 0.70)]
 SCLERA = (0.93, 0.90, 0.87)
 PUPIL = (0.03, 0.02, 0.02)
 MOUTH_INSIDE = (0.28, 0.08, 0.08)
@@ -239,8 +238,10 @@ def nose_relief(x, y, f, asym):
     cross = (1.0 - ((x - shift * s) / half_w) ** 2).clamp(min=0.0) ** 2
     along = smoothstep(top - 0.06, top + 0.04, y) * (1.0 - smoothstep(tip_y - 0.02, tip_y + 0.05, y))
     tip = 0.006 * bump((x - shift) / (0.085 * width), (y - tip_y + 0.01) / 0.075)
-    wings = 0.004 * (bump((x - shift - 0.085 * width) / 0.06, (y - tip_y - 0.01) / 0.05)
-                     + bump((x - shift + 0.085 * width) / 0.06, (y - tip_y - 0.01) / 0.05))
+    wings = 0.004 * (
+        bump((x - shift - 0.085 * width) / 0.06, (y - tip_y - 0.01) / 0.05)
+        + bump((x - shift + 0.085 * width) / 0.06, (y - tip_y - 0.01) / 0.05)
+    )
     return height * cross * along + tip + wings
 
 
@@ -334,7 +335,7 @@ def glasses(x, y, f):
     """Eyeglasses: (frame coverage, lens coverage), strength from eyeglasses."""
     ax = x.abs()
     u, v = (ax - EYE_X) / 0.15, (y - EYE_Y + 0.005) / 0.1
-    r = (u ** 4 + v ** 4 + 1e-12) ** 0.25
+    r = (u**4 + v**4 + 1e-12) ** 0.25
     rim = inside(0.22 - (r - 1.0).abs(), 0.08)
     lens = inside(1.0 - r, 0.05)
     bar = inside(0.016 - (y + 0.13).abs(), 0.008)
@@ -376,10 +377,13 @@ def hair(x, y, f, head_depth, asym):
     """
     ax = x.abs()
     outline, shell, thickness, curl = f.term(lambda v: _hair_mass(x, y, v), "hair_volume", "hair_curl")
-    down, side = f.term(lambda v: (above(-0.12 + 1.1 * v["hair_length"], y, 0.04),
-                                   above(ax, 0.47 - 0.06 * v["hair_length"], 0.025)), "hair_length")
+    down, side = f.term(
+        lambda v: (above(-0.12 + 1.1 * v["hair_length"], y, 0.04), above(ax, 0.47 - 0.06 * v["hair_length"], 0.025)),
+        "hair_length",
+    )
     (cap,) = f.term(lambda v: (above(hairline_row(x, v["hairline"]), y, 0.025),), "hairline")
     fade = 1.0 - smoothstep(0.28, 0.42, ax)
+
     def fringe_term(v):  # the fringe's lower edge: wavy, tilted by the asymmetry
         edge = -0.5 + v["bangs"] * (0.24 + 0.07 * asym * x + 0.012 * torch.cos(38.0 * x))
         return (above(edge, y, 0.02) * fade,)
@@ -411,8 +415,7 @@ def soft_pair(x, y, cx, cy, rx, ry, soft=0.15):
 def soft_box(x, y, x0, x1, y0, y1, soft=0.03):
     """Soft box window: 1 inside [x0, x1] x [y0, y1], 0 beyond ``soft`` outside."""
     h = soft / 2
-    return (inside(x - x0 + h, h) * inside(x1 - x + h, h)
-            * inside(y - y0 + h, h) * inside(y1 - y + h, h))
+    return inside(x - x0 + h, h) * inside(x1 - x + h, h) * inside(y - y0 + h, h) * inside(y1 - y + h, h)
 
 
 def window_groups(x, y) -> dict[tuple[str, ...], torch.Tensor]:
@@ -452,8 +455,9 @@ def window_groups(x, y) -> dict[tuple[str, ...], torch.Tensor]:
         ("jaw_width",): soft_box(ax, y, 0.12, 0.72, 0.1, 0.86),
         ("ear_size",): soft_pair(x, y, 0.57, 0.02, 0.125, 0.26),
         ("hair_volume", "hair_curl"): hair,
-        ("hair_length",): hair * inside(ax - 0.18, 0.02) * torch.maximum(
-            inside(y + 0.2, 0.02), inside(ax - 0.36, 0.02) * inside(y + 0.62, 0.02)),
+        ("hair_length",): hair
+        * inside(ax - 0.18, 0.02)
+        * torch.maximum(inside(y + 0.2, 0.02), inside(ax - 0.36, 0.02) * inside(y + 0.62, 0.02)),
         ("hairline",): hairline,
         ("bangs",): soft_box(x, y, -0.44, 0.44, -0.54, -0.19),
         ("skin_tone", "skin_redness"): skin,

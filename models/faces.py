@@ -16,6 +16,7 @@ Windows are drawn generously around each part, so the gating never shows.
 For speed, factor-free parts are computed once for the batch and each
 factor-dependent part only on the bounding box of its windows.
 """
+
 from __future__ import annotations
 
 import functools
@@ -95,23 +96,18 @@ _LOCAL_FACTORS = (
     _shape("cheek_fullness", "face", "fullness of the cheeks below the eyes (depth)"),
     _shape("lip_thickness", "face", "thickness of both lips (depth + lip albedo, mouth)"),
     _shape("mouth_width", "face", "width of the mouth (depth + lip albedo)"),
-    _shape("mouth_open", "face", "mouth opening: lips part, dark gap and teeth (0 = closed)",
-           0.0, 1.0),
+    _shape("mouth_open", "face", "mouth opening: lips part, dark gap and teeth (0 = closed)", 0.0, 1.0),
     _shape("chin", "face", "protrusion of the chin (depth)"),
     _shape("jaw_width", "around", "width of the jaw contour, lower cheeks to chin (depth + outline)"),
     _shape("ear_size", "around", "size of the ears at the sides of the head"),
     _shape("hair_volume", "around", "hair volume: hair outline around the head and hair thickness"),
-    _shape("hair_curl", "around", "curly hair: wavy outline, curly texture, thicker hair (0 = straight)",
-           0.0, 1.0),
+    _shape("hair_curl", "around", "curly hair: wavy outline, curly texture, thicker hair (0 = straight)", 0.0, 1.0),
     _shape("hairline", "around", "height of the hairline above the forehead (+ = receding)"),
-    _shape("hair_length", "around", "hair length: short (above the ears) to shoulder length",
-           0.0, 1.0, 0.5),
-    _shape("bangs", "face", "hair fringe over the forehead, strength = how far down (0 = none)",
-           0.0, 1.0),
+    _shape("hair_length", "around", "hair length: short (above the ears) to shoulder length", 0.0, 1.0, 0.5),
+    _shape("bangs", "face", "hair fringe over the forehead, strength = how far down (0 = none)", 0.0, 1.0),
     # albedo: change the canonical albedo only
     _albedo("skin_tone", "face", "skin colour from dark to light (face, ears, neck)"),
-    _albedo("skin_redness", "face", "skin hue from yellowish to reddish (face, ears, neck)",
-            -1.0, 1.0, 0.0),
+    _albedo("skin_redness", "face", "skin hue from yellowish to reddish (face, ears, neck)", -1.0, 1.0, 0.0),
     _albedo("blush", "face", "redness of the cheeks", neutral=0.0),
     _albedo("lip_colour", "face", "lip colour from skin-like to deep red (mouth)"),
     _albedo("brow_darkness", "face", "darkness / density of the brows (above the eyes)"),
@@ -119,10 +115,8 @@ _LOCAL_FACTORS = (
     _albedo("iris_colour", "face", "iris colour: brown, hazel, green, blue, grey (eyes)"),
     _albedo("hair_colour", "around", "hair shade from black to blond (hair, brows, beard)"),
     _albedo("hair_redness", "around", "auburn / red tint of the hair (hair, brows, beard)", neutral=0.0),
-    _albedo("beard", "face", "beard, moustache and sideburns strength (lower face; 0 = none)",
-            neutral=0.0),
-    _albedo("eyeglasses", "face", "eyeglasses strength: dark frames, tinted lenses (0 = none)",
-            neutral=0.0),
+    _albedo("beard", "face", "beard, moustache and sideburns strength (lower face; 0 = none)", neutral=0.0),
+    _albedo("eyeglasses", "face", "eyeglasses strength: dark frames, tinted lenses (0 = none)", neutral=0.0),
     _albedo("clothing_colour", "around", "hue of the clothing at the shoulders"),
     _albedo("background_hue", "background", "hue of the background"),
     _albedo("background_brightness", "background", "brightness of the background"),
@@ -278,9 +272,10 @@ _COLOURS = {  # name -> (RGB [n, 3] from factor values [n, F], the factor whose 
     "hair": (lambda v: fp.hair_colour(_col(v, "hair_colour"), _col(v, "hair_redness")), "hair_colour"),
     "iris": (lambda v: fp.palette(_col(v, "iris_colour"), fp.IRIS), "iris_colour"),
     "clothing": (lambda v: fp.hsv_to_rgb(_col(v, "clothing_colour"), 0.5, 0.5), "clothing_colour"),
-    "background": (lambda v: fp.hsv_to_rgb(_col(v, "background_hue"), 0.35,
-                                           0.25 + 0.7 * _col(v, "background_brightness")),
-                   "background_hue"),
+    "background": (
+        lambda v: fp.hsv_to_rgb(_col(v, "background_hue"), 0.35, 0.25 + 0.7 * _col(v, "background_brightness")),
+        "background_hue",
+    ),
 }
 
 
@@ -328,8 +323,9 @@ _RELIEF_PARTS = (
 )
 
 
-def canonical_maps(factors: torch.Tensor, size: int, asymmetry: float = 1.0,
-                   _gate: bool = True, _crop_parts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def canonical_maps(
+    factors: torch.Tensor, size: int, asymmetry: float = 1.0, _gate: bool = True, _crop_parts: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical depth [n, size, size] in [0.9, 1.1] and albedo [n, 3, size, size] in [0, 1].
 
     factors [n, F] (any real values; clamped to the factor ranges). Only the
@@ -468,8 +464,7 @@ def _sample_light(n, g):
     return torch.cat([amb[:, None] * tint(), diff[:, None] * tint(), lx[:, None], ly[:, None]], 1)
 
 
-def sample_factors(n: int, generator: torch.Generator, pose: str = "frontal",
-                   device=None) -> torch.Tensor:
+def sample_factors(n: int, generator: torch.Generator, pose: str = "frontal", device=None) -> torch.Tensor:
     """Random faces: [n, F] float32 within the factor ranges, deterministic given ``generator``.
 
     pose: "frontal" (FFHQ-like, yaw std ~17 deg) or "wide" (CASIA-like, 40 % of
@@ -490,34 +485,38 @@ def sample_factors(n: int, generator: torch.Generator, pose: str = "frontal",
     light = _sample_light(n, g)
     cols.update({name: light[:, i] for i, name in enumerate(LIGHT_NAMES)})
     for name in LOCAL_NAMES:
-        cols[name] = (0.45 * torch.randn(n, generator=g, device=g.device))
-    cols.update({
-        "mouth_open": _strength(n, 0.3, 0.1, g),
-        "hair_length": torch.rand(n, generator=g, device=g.device),
-        "bangs": _strength(n, 0.35, 0.3, g),
-        "hair_curl": _strength(n, 0.25, 0.3, g),
-        "skin_tone": torch.rand(n, generator=g, device=g.device),
-        "skin_redness": _normal(n, 0.4, g),
-        "blush": _uniform(n, 0.0, 0.6, g),
-        "lip_colour": torch.rand(n, generator=g, device=g.device),
-        "brow_darkness": _uniform(n, 0.2, 1.0, g),
-        "iris_colour": torch.rand(n, generator=g, device=g.device),
-        "hair_colour": torch.rand(n, generator=g, device=g.device) ** 1.5,
-        "hair_redness": torch.where(torch.rand(n, generator=g, device=g.device) < 0.25,
-                                    _uniform(n, 0.3, 1.0, g), _uniform(n, 0.0, 0.2, g)),
-        "beard": _strength(n, 0.25, 0.3, g),
-        "eyeglasses": _strength(n, 0.2, 0.7, g),
-        "clothing_colour": torch.rand(n, generator=g, device=g.device),
-        "background_hue": torch.rand(n, generator=g, device=g.device),
-        "background_brightness": torch.rand(n, generator=g, device=g.device),
-    })
+        cols[name] = 0.45 * torch.randn(n, generator=g, device=g.device)
+    cols.update(
+        {
+            "mouth_open": _strength(n, 0.3, 0.1, g),
+            "hair_length": torch.rand(n, generator=g, device=g.device),
+            "bangs": _strength(n, 0.35, 0.3, g),
+            "hair_curl": _strength(n, 0.25, 0.3, g),
+            "skin_tone": torch.rand(n, generator=g, device=g.device),
+            "skin_redness": _normal(n, 0.4, g),
+            "blush": _uniform(n, 0.0, 0.6, g),
+            "lip_colour": torch.rand(n, generator=g, device=g.device),
+            "brow_darkness": _uniform(n, 0.2, 1.0, g),
+            "iris_colour": torch.rand(n, generator=g, device=g.device),
+            "hair_colour": torch.rand(n, generator=g, device=g.device) ** 1.5,
+            "hair_redness": torch.where(
+                torch.rand(n, generator=g, device=g.device) < 0.25, _uniform(n, 0.3, 1.0, g), _uniform(n, 0.0, 0.2, g)
+            ),
+            "beard": _strength(n, 0.25, 0.3, g),
+            "eyeglasses": _strength(n, 0.2, 0.7, g),
+            "clothing_colour": torch.rand(n, generator=g, device=g.device),
+            "background_hue": torch.rand(n, generator=g, device=g.device),
+            "background_brightness": torch.rand(n, generator=g, device=g.device),
+        }
+    )
     out = torch.stack([cols[name] for name in FACTOR_NAMES], 1)
     return clamp_factors(out).to(device if device is not None else g.device)
 
 
 # --- rendering ------------------------------------------------------------------
-def render_faces(factors: torch.Tensor, size: int, asymmetry: float = 1.0,
-                 background: float = 0.0, return_maps: bool = False) -> tuple[torch.Tensor, ...]:
+def render_faces(
+    factors: torch.Tensor, size: int, asymmetry: float = 1.0, background: float = 0.0, return_maps: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Render faces [n, F] -> (images [n, 3, size, size] in [0, 1], mask [n, 1, size, size]).
 
     ``background`` fills pixels where no surface is hit (profiles turn the

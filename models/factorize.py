@@ -21,10 +21,12 @@ Scale: alpha is a soft threshold of alpha / 2 on every entry of J v_p (V near or
 it is tied to the scale of J; balance J to ||J||_F = 1 first (``balance_parts``), then alpha and
 ``prune_and_order``'s min_norm are in units of that norm.
 """
+
 from __future__ import annotations
 
 import time
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -34,13 +36,14 @@ INITS = ("svd", "random")
 
 class Factorization(NamedTuple):
     """A solver's result: U [S, P], V [d, P] (unit columns), F after each traced iteration."""
+
     U: torch.Tensor
     V: torch.Tensor
-    trace: list[float]          # objective F at trace_iters (first entry: the initialisation)
-    trace_iters: list[int]      # outer iterations (fast) or Adam steps taken at each trace point
+    trace: list[float]  # objective F at trace_iters (first entry: the initialisation)
+    trace_iters: list[int]  # outer iterations (fast) or Adam steps taken at each trace point
     trace_seconds: list[float]  # wall-clock seconds since the call started, at each trace point
-    iterations: int             # outer iterations (fast) / Adam steps run
-    converged: bool             # stopped on tol rather than on the iteration cap
+    iterations: int  # outer iterations (fast) / Adam steps run
+    converged: bool  # stopped on tol rather than on the iteration cap
 
 
 def _offdiag_sq(G: torch.Tensor) -> torch.Tensor:
@@ -58,8 +61,9 @@ def _unit_columns(X: torch.Tensor) -> torch.Tensor:
     return X / X.norm(dim=0, keepdim=True).clamp_min(1e-300)
 
 
-def init_factors(J: torch.Tensor, P: int, init: str = "svd", generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def init_factors(
+    J: torch.Tensor, P: int, init: str = "svd", generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Starting (U [S, P], V [d, P]) in float64, U = J V (least squares for orthonormal V).
 
     "svd": V = the top-P right singular vectors of J (sign: largest entry positive), padded with
@@ -92,7 +96,7 @@ def _soft(X: torch.Tensor, t: float) -> torch.Tensor:
 
 def _u_step(J, U, V, alpha, inner):
     """ISTA on min_U ||J - U V^T||^2 + alpha ||U||_1 (rows of U independent), warm-started."""
-    JV, G = J @ V, V.T @ V                                   # [S, P], [P, P]
+    JV, G = J @ V, V.T @ V  # [S, P], [P, P]
     L = 2 * float(torch.linalg.eigvalsh(G)[-1])
     for _ in range(inner):
         U = _soft(U - (2 / L) * (U @ G - JV), alpha / L)
@@ -103,7 +107,7 @@ def _v_step(J, U, V, beta, steps, t0, c1=1e-4):
     """Armijo-backtracked, column-preconditioned Riemannian gradient on the product of spheres.
 
     Returns (V, smooth part of F at V with U fixed, next initial step)."""
-    A, B = J.T @ U, U.T @ U                                 # [d, P], [P, P]
+    A, B = J.T @ U, U.T @ U  # [d, P], [P, P]
     w = 1 / (2 * B.diagonal() + 4 * beta).clamp_min(1e-12 * float(B.diagonal().max()) + 1e-300)
 
     def f(V):  # ||J - U V^T||^2 - ||J||^2 + beta * off-diagonal (V^T V)^2
@@ -114,9 +118,9 @@ def _v_step(J, U, V, beta, steps, t0, c1=1e-4):
     t = t0
     for _ in range(steps):
         grad = 2 * (V @ B - A) + 4 * beta * (V @ G - V * G.diagonal())
-        rgrad = grad - V * (V * grad).sum(0)                 # tangent: radial part removed
+        rgrad = grad - V * (V * grad).sum(0)  # tangent: radial part removed
         D = -rgrad * w
-        slope = float((rgrad * D).sum())                     # < 0 unless stationary
+        slope = float((rgrad * D).sum())  # < 0 unless stationary
         if slope >= 0:
             break
         for _ in range(40):
@@ -131,8 +135,19 @@ def _v_step(J, U, V, beta, steps, t0, c1=1e-4):
     return V, fv, t
 
 
-def factorize_fast(J: torch.Tensor, P: int, alpha: float, beta: float, *, iters: int = 300, tol: float = 1e-6,
-                   init: str = "svd", seed: int = 0, inner: int = 2, v_steps: int = 100) -> Factorization:
+def factorize_fast(
+    J: torch.Tensor,
+    P: int,
+    alpha: float,
+    beta: float,
+    *,
+    iters: int = 300,
+    tol: float = 1e-6,
+    init: str = "svd",
+    seed: int = 0,
+    inner: int = 2,
+    v_steps: int = 100,
+) -> Factorization:
     """Alternating minimisation of Eq. 5: ``inner`` ISTA steps on U, then ``v_steps`` sphere
     gradient steps on V, per outer iteration; stop when F falls by < tol (relative) in one outer
     iteration, or after ``iters``. F is traced after every outer iteration and never increases.
@@ -158,9 +173,19 @@ def factorize_fast(J: torch.Tensor, P: int, alpha: float, beta: float, *, iters:
     return Factorization(U, V, trace, its, secs, k, converged)
 
 
-def factorize_adam(J: torch.Tensor, P: int, alpha: float, beta: float, *, iters: int = 500_000,
-                   lr: float = 1e-4, tol: float = 1e-6, init: str = "svd", seed: int = 0,
-                   log_every: int = 100) -> Factorization:
+def factorize_adam(
+    J: torch.Tensor,
+    P: int,
+    alpha: float,
+    beta: float,
+    *,
+    iters: int = 500_000,
+    lr: float = 1e-4,
+    tol: float = 1e-6,
+    init: str = "svd",
+    seed: int = 0,
+    log_every: int = 100,
+) -> Factorization:
     """The paper's solver: Adam on U and V_raw, V = V_raw / ||V_raw|| (per column) inside F, abs
     for the L1 term, autograd. F is traced every ``log_every`` steps (and at the end); stop when
     it changes by < tol (relative) over one such window, or after ``iters`` steps."""
@@ -172,8 +197,7 @@ def factorize_adam(J: torch.Tensor, P: int, alpha: float, beta: float, *, iters:
 
     def loss_fn():
         V = Vr / Vr.norm(dim=0, keepdim=True)
-        return ((J - U @ V.T).square().sum() + alpha * U.abs().sum()
-                + beta * _offdiag_sq(V.T @ V))
+        return (J - U @ V.T).square().sum() + alpha * U.abs().sum() + beta * _offdiag_sq(V.T @ V)
 
     trace, its, secs, converged, step = [], [], [], False, 0
     while True:
@@ -204,8 +228,9 @@ def factorize(J: torch.Tensor, P: int, alpha: float, beta: float, solver: str = 
     return (factorize_fast if solver == "fast" else factorize_adam)(J, P, alpha, beta, **kw)
 
 
-def prune_and_order(U: torch.Tensor, V: torch.Tensor, min_norm: float
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def prune_and_order(
+    U: torch.Tensor, V: torch.Tensor, min_norm: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep components with ||u_p|| >= min_norm, ordered by ||u_p|| descending (stable).
 
     U [S, P], V [d, P] -> U [S, K], V [d, K], norms [K], keep_index [K] (long, into P)."""

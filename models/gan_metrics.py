@@ -1,8 +1,9 @@
 """GAN quality metrics as pure functions: Frechet distance (FID) and perceptual path length (PPL)."""
+
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
@@ -28,18 +29,24 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 @torch.no_grad()
-def path_length(mapping: Callable, synthesis: Callable, distance: Callable, z: torch.Tensor,
-                epsilon: float = 1e-4, generator: torch.Generator | None = None) -> torch.Tensor:
+def path_length(
+    mapping: Callable,
+    synthesis: Callable,
+    distance: Callable,
+    z: torch.Tensor,
+    epsilon: float = 1e-4,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """PPL in W, 'end' sampling (StyleGAN): d(G(lerp(w0, w1, t)), G(lerp(w0, w1, t + eps))) / eps^2.
 
     z: [2N, z_dim] pairs (first half, second half). `distance(img_a, img_b) -> [N]` is the
     perceptual distance between images in [-1, 1]. Returns the N per-pair path lengths.
     """
     n = z.shape[0] // 2
-    w0, w1 = mapping(z[:n]), mapping(z[n:2 * n])
+    w0, w1 = mapping(z[:n]), mapping(z[n : 2 * n])
     t = torch.rand(n, 1, generator=generator).to(w0)
     wa, wb = torch.lerp(w0, w1, t), torch.lerp(w0, w1, t + epsilon)
-    return distance(synthesis(wa), synthesis(wb)) / epsilon ** 2
+    return distance(synthesis(wa), synthesis(wb)) / epsilon**2
 
 
 def ppl_summary(lengths: torch.Tensor) -> float:

@@ -38,7 +38,6 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .decorrelation import decorrelation_loss, mean_abs_rho
 from .stylegan2 import Discriminator, Generator
@@ -142,7 +141,7 @@ class GANTrainer:
                 generator.seed()
         self.generator = generator
         self.grad_hook = None  # called with each optimizer before its step (data-parallel averaging)
-        self.world_size = 1    # data-parallel ranks: each step shows batch x world_size images in all
+        self.world_size = 1  # data-parallel ranks: each step shows batch x world_size images in all
         self.step_count = 0  # number of completed step() calls (= minibatch index)
         self.nimg = 0  # real images shown to D so far
         self.pl_mean = torch.zeros([], device=self.device)
@@ -347,9 +346,7 @@ class GANTrainer:
         self.D.requires_grad_(True)
         self.step_count += 1
         self.nimg += batch * self.world_size
-        stats.update(
-            ran_pl=float(run_pl), ran_r1=float(run_r1), step=float(self.step_count), nimg=float(self.nimg)
-        )
+        stats.update(ran_pl=float(run_pl), ran_r1=float(run_r1), step=float(self.step_count), nimg=float(self.nimg))
         return stats
 
     @torch.no_grad()
@@ -361,9 +358,7 @@ class GANTrainer:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Images from the EMA generator (does not touch the trainer's random stream)."""
-        return self.G_ema(
-            z.to(self.device), truncation_psi=truncation_psi, noise_mode=noise_mode, generator=generator
-        )
+        return self.G_ema(z.to(self.device), truncation_psi=truncation_psi, noise_mode=noise_mode, generator=generator)
 
     # ------------------------------------------------------------- state dict
 

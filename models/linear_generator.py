@@ -6,6 +6,7 @@ ones, is an affine function of w, so the true direction of factor k is row k of 
 (normalised). Nothing is trained. With w ~ N(0, I), factor k ~ N(f0_k, scale_k^2): pass the
 data's factor means and standard deviations to match the data set's distribution.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,19 +26,21 @@ class LinearFaceGenerator(nn.Module):
         asymmetry: passed to the face model.
     """
 
-    def __init__(self, w_dim: int, f0: torch.Tensor, scale: torch.Tensor, resolution: int,
-                 seed: int = 0, asymmetry: float = 1.0):
+    def __init__(
+        self, w_dim: int, f0: torch.Tensor, scale: torch.Tensor, resolution: int, seed: int = 0, asymmetry: float = 1.0
+    ):
         super().__init__()
         n_factors = len(faces.FACTOR_NAMES)
         if f0.shape != (n_factors,) or scale.shape != (n_factors,):
-            raise ValueError(f"f0 and scale must have shape ({n_factors},), got "
-                             f"{tuple(f0.shape)} and {tuple(scale.shape)}")
+            raise ValueError(
+                f"f0 and scale must have shape ({n_factors},), got {tuple(f0.shape)} and {tuple(scale.shape)}"
+            )
         g = torch.Generator().manual_seed(seed)
         directions = torch.randn(n_factors, w_dim, generator=g)
         directions = directions / directions.norm(dim=1, keepdim=True)
-        self.register_buffer("directions", directions)          # [F, d] unit rows: the truth
-        self.register_buffer("f0", f0.float().clone())           # [F]
-        self.register_buffer("scale", scale.float().clone())     # [F]
+        self.register_buffer("directions", directions)  # [F, d] unit rows: the truth
+        self.register_buffer("f0", f0.float().clone())  # [F]
+        self.register_buffer("scale", scale.float().clone())  # [F]
         self.z_dim = self.w_dim = w_dim
         self.resolution = resolution
         self.asymmetry = asymmetry

@@ -11,10 +11,11 @@ merges shards); ``regress_directions`` is the one-shot version. Moving along
 a direction (Eq. 4): w_s = w - (w.v) v + s sigma_w v, v of unit length,
 sigma_w the standard deviation of w.v over samples.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -35,8 +36,9 @@ def derangement(n: int, generator: torch.Generator | None = None, device=None) -
             return perm.to(device) if device is not None else perm
 
 
-def pair_differences(w: torch.Tensor, y: torch.Tensor, scheme: str = "random",
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_differences(
+    w: torch.Tensor, y: torch.Tensor, scheme: str = "random", generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent and semantic differences of pairs of samples.
 
     w [N, d], y [N] or [N, k] (row i measured on G(w_i)). ``scheme``:
@@ -57,8 +59,11 @@ def pair_differences(w: torch.Tensor, y: torch.Tensor, scheme: str = "random",
     raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
-def stream_pairs(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], scheme: str = "random",
-                 generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def stream_pairs(
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    scheme: str = "random",
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``pair_differences`` over consecutive chunks (w [c, d], y [c, k]) of a long sequence, chunk by chunk.
 
     "reference" and "consecutive" give exactly the pairs of ``pair_differences``
@@ -108,7 +113,7 @@ class NormalEquations:
     def dim(self) -> int:
         return self.gram.shape[0]
 
-    def add(self, dw: torch.Tensor, dy: torch.Tensor) -> "NormalEquations":
+    def add(self, dw: torch.Tensor, dy: torch.Tensor) -> NormalEquations:
         """Accumulate pairs dW [M, d], dY [M] or [M, k]."""
         dw = dw.to(self.gram)
         dy = dy.to(self.gram).reshape(dw.shape[0], -1)
@@ -119,7 +124,7 @@ class NormalEquations:
         self.n += dw.shape[0]
         return self
 
-    def merge(self, other: "NormalEquations") -> "NormalEquations":
+    def merge(self, other: NormalEquations) -> NormalEquations:
         """Add another accumulator's sums (e.g. from another shard)."""
         self.gram += other.gram.to(self.gram)
         self.cross += other.cross.to(self.cross)
@@ -136,12 +141,13 @@ class NormalEquations:
         """
         v = v.to(self.gram).reshape(self.dim, -1)
         sse = self.y_sq - 2 * (v * self.cross).sum(0) + (v * (self.gram @ v)).sum(0)
-        sst = self.y_sq - self.y_sum ** 2 / max(self.n, 1)
+        sst = self.y_sq - self.y_sum**2 / max(self.n, 1)
         constant = sst <= 1e-12 * self.y_sq.clamp_min(1e-300)
         return torch.where(constant, torch.nan, 1 - sse.clamp_min(0) / sst.clamp_min(1e-300))
 
-    def solve(self, ridge: float = 0.0, rcond: float = 1e-10, fallback: float = 1e-6,
-              _stacklevel: int = 2) -> torch.Tensor:
+    def solve(
+        self, ridge: float = 0.0, rcond: float = 1e-10, fallback: float = 1e-6, _stacklevel: int = 2
+    ) -> torch.Tensor:
         """V [d, k] float64 = (gram + ridge I)^-1 cross.
 
         Never raises on a singular system: when N <= d with ``ridge`` 0, or
@@ -157,8 +163,9 @@ class NormalEquations:
         if singular or (self.n <= d and ridge <= 0):
             scale = float(self.gram.diagonal().mean().clamp_min(1e-12))
             why = f"N = {self.n} <= d = {d}" if self.n <= d else "near-singular system"
-            warnings.warn(f"regression: {why}; adding a ridge of {fallback * scale:.3g}", RuntimeWarning,
-                          stacklevel=_stacklevel)
+            warnings.warn(
+                f"regression: {why}; adding a ridge of {fallback * scale:.3g}", RuntimeWarning, stacklevel=_stacklevel
+            )
             a = a + fallback * scale * eye
         chol, info = torch.linalg.cholesky_ex(a)
         if int(info) == 0:
@@ -166,11 +173,16 @@ class NormalEquations:
         return torch.linalg.lstsq(a, self.cross).solution  # still indefinite: least squares
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"gram": self.gram, "cross": self.cross, "y_sum": self.y_sum, "y_sq": self.y_sq,
-                "n": torch.tensor(self.n)}
+        return {
+            "gram": self.gram,
+            "cross": self.cross,
+            "y_sum": self.y_sum,
+            "y_sq": self.y_sq,
+            "n": torch.tensor(self.n),
+        }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "NormalEquations":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> NormalEquations:
         out = cls(state["gram"].shape[0], state["cross"].shape[1], state["gram"].device)
         out.gram.copy_(state["gram"])
         out.cross.copy_(state["cross"])
@@ -207,10 +219,10 @@ def projection_std(w, v: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     u = unit(v.double()).reshape(-1, v.shape[-1])  # [k, d]
     total, sq, n = torch.zeros(len(u), dtype=torch.float64), torch.zeros(len(u), dtype=torch.float64), 0
     for lo in range(0, w.shape[0], chunk):
-        block = w[lo:lo + chunk]
+        block = w[lo : lo + chunk]
         p = torch.as_tensor(block).detach().to("cpu", torch.float64) @ u.T  # [c, k]
         total, sq, n = total + p.sum(0), sq + (p * p).sum(0), n + len(p)
-    std = ((sq - total ** 2 / max(n, 1)) / max(n - 1, 1)).clamp_min(0).sqrt().to(v.dtype)
+    std = ((sq - total**2 / max(n, 1)) / max(n - 1, 1)).clamp_min(0).sqrt().to(v.dtype)
     return std[0] if v.dim() == 1 else std
 
 

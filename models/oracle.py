@@ -4,6 +4,7 @@ It plays the part of the paper's external 3D landmarker (Table 2): trained on sy
 faces with their ground-truth factors, it measures the semantics of GAN generations, which
 have no labels. The method itself never uses it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,12 @@ from torch import nn
 def _block(c_in: int, c_out: int) -> nn.Sequential:
     """conv-BN-ReLU x2, then halve the resolution."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
         nn.AvgPool2d(2),
     )
 
@@ -34,8 +39,9 @@ class FactorRegressor(nn.Module):
             blocks.append(_block(c, c_out))
             c, r = c_out, r // 2
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * r * r, 256), nn.ReLU(inplace=True),
-                                  nn.Linear(256, n_factors))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * r * r, 256), nn.ReLU(inplace=True), nn.Linear(256, n_factors)
+        )
         self.register_buffer("mean", torch.zeros(n_factors))
         self.register_buffer("std", torch.ones(n_factors))
         self.resolution = resolution

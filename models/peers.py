@@ -9,6 +9,7 @@
 All return unit directions as rows [k, d]. ``best_abs_corr`` scores any set of directions
 against measured semantics.
 """
+
 from __future__ import annotations
 
 import torch

@@ -21,6 +21,7 @@ Measures (``probe``), all floats:
 * ``convexity``: mean canonical depth on a ring around the face minus at its centre (world
   units); > 0 for a convex face (the centre is nearer the camera), < 0 for a hollow one.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -33,8 +34,14 @@ from models.recon_training import photometric_nll, render_reconstructions
 
 
 @torch.no_grad()
-def probe(decomposer: Decomposer, images: torch.Tensor, *, invalid_cost: float = 2 ** 0.5,
-          erode_px: int = 1, fov_deg: float = 10.0) -> dict[str, float]:
+def probe(
+    decomposer: Decomposer,
+    images: torch.Tensor,
+    *,
+    invalid_cost: float = 2**0.5,
+    erode_px: int = 1,
+    fov_deg: float = 10.0,
+) -> dict[str, float]:
     """The health measures (module doc) of ``decomposer`` on images [B, 3, r, r] in [-1, 1], B >= 2."""
     was_training = decomposer.training
     decomposer.eval()
@@ -62,13 +69,13 @@ def probe(decomposer: Decomposer, images: torch.Tensor, *, invalid_cost: float =
 class HealthThresholds:
     """When a measure counts as degenerate. Relative tests compare with the run's best so far."""
 
-    min_valid_frac: float = 0.45     # absolute: fewer rendered pixels = the face left the frame (truth: 0.67-0.78)
-    collapse_ratio: float = 0.3      # contrast, albedo std or yaw std below this x its best so far
+    min_valid_frac: float = 0.45  # absolute: fewer rendered pixels = the face left the frame (truth: 0.67-0.78)
+    collapse_ratio: float = 0.3  # contrast, albedo std or yaw std below this x its best so far
     min_learned_contrast: float = 0.2  # ... once the best shows it had learned (contrast, yaw std 3 deg)
     min_learned_yaw_std: float = 3.0
     max_flip_bias_deg: float = 15.0  # |yaw(I) + yaw(flip I)| / 2 on average: yaw ignores the input
-    max_loss_rise: float = 0.5       # probe loss above its best so far, nats per pixel
-    hollow: bool = True              # convexity < 0 is degenerate
+    max_loss_rise: float = 0.5  # probe loss above its best so far, nats per pixel
+    hollow: bool = True  # convexity < 0 is degenerate
 
 
 @dataclass
@@ -80,26 +87,33 @@ class HealthMonitor:
     """
 
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
-    best: dict[str, float] = field(default_factory=dict)   # best healthy value of each measure
-    best_step: int | None = None                             # step of the lowest healthy probe loss
+    best: dict[str, float] = field(default_factory=dict)  # best healthy value of each measure
+    best_step: int | None = None  # step of the lowest healthy probe loss
 
     def check(self, m: dict[str, float]) -> list[str]:
         t, b, reasons = self.thresholds, self.best, []
         if m["valid_frac"] < t.min_valid_frac:
-            reasons.append(f"valid-pixel fraction {m['valid_frac']:.2f} < {t.min_valid_frac} "
-                           "(the view turned the face out of the frame)")
-        for key, floor, what in (("recon_contrast", t.min_learned_contrast, "reconstruction near-constant or black"),
-                                 ("albedo_std", None, "canonical albedo near-constant"),
-                                 ("yaw_std_deg", t.min_learned_yaw_std, "estimated yaw no longer varies")):
+            reasons.append(
+                f"valid-pixel fraction {m['valid_frac']:.2f} < {t.min_valid_frac} "
+                "(the view turned the face out of the frame)"
+            )
+        for key, floor, what in (
+            ("recon_contrast", t.min_learned_contrast, "reconstruction near-constant or black"),
+            ("albedo_std", None, "canonical albedo near-constant"),
+            ("yaw_std_deg", t.min_learned_yaw_std, "estimated yaw no longer varies"),
+        ):
             best = b.get(key)
             if best is not None and (floor is None or best >= floor) and m[key] < t.collapse_ratio * best:
                 reasons.append(f"{what}: {key} {m[key]:.3g} < {t.collapse_ratio} x its best {best:.3g}")
         if abs(m["yaw_flip_bias_deg"]) > t.max_flip_bias_deg:
-            reasons.append(f"yaw ignores the input: yaw(I) + yaw(mirrored I) averages "
-                           f"{2 * m['yaw_flip_bias_deg']:.1f} deg (should be 0)")
+            reasons.append(
+                f"yaw ignores the input: yaw(I) + yaw(mirrored I) averages "
+                f"{2 * m['yaw_flip_bias_deg']:.1f} deg (should be 0)"
+            )
         if "probe_loss" in b and m["probe_loss"] > b["probe_loss"] + t.max_loss_rise:
-            reasons.append(f"loss diverged: probe loss {m['probe_loss']:.3f} > best {b['probe_loss']:.3f} "
-                           f"+ {t.max_loss_rise}")
+            reasons.append(
+                f"loss diverged: probe loss {m['probe_loss']:.3f} > best {b['probe_loss']:.3f} + {t.max_loss_rise}"
+            )
         if t.hollow and m["convexity"] < 0:
             reasons.append(f"hollow face: canonical depth is concave (convexity {m['convexity']:.4f} < 0)")
         return reasons

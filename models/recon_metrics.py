@@ -15,6 +15,7 @@ All metrics are per image ([B]); average over images as Unsup3D does.
 ``ground_truth_errors`` runs a decomposer on images with known maps and
 returns all of them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,7 @@ def _weights(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return m[:, 0] if m.dim() == 4 else m
 
 
-def scale_invariant_depth_error(pred: torch.Tensor, gt: torch.Tensor,
-                                mask: torch.Tensor | None = None) -> torch.Tensor:
+def scale_invariant_depth_error(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """SIDE per image [B] of depth maps [B, H, W] (> 0) over ``mask`` [B, (1,) H, W]."""
     m = _weights(mask, pred)
     n = m.sum((1, 2)).clamp_min(1)
@@ -59,8 +59,9 @@ def normal_angles(pred: torch.Tensor, gt: torch.Tensor, fov_deg: float = 10.0) -
     return torch.rad2deg(torch.atan2(cross, dot))  # accurate near 0, unlike acos
 
 
-def mean_angle_deviation(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None,
-                         fov_deg: float = 10.0) -> torch.Tensor:
+def mean_angle_deviation(
+    pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None, fov_deg: float = 10.0
+) -> torch.Tensor:
     """MAD per image [B], degrees: mean normal angle between depth maps [B, H, W] over ``mask``."""
     m = _weights(mask, pred)
     return (normal_angles(pred, gt, fov_deg) * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
@@ -79,9 +80,16 @@ def light_angle_error(pred_light: torch.Tensor, true_light: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def ground_truth_errors(decomposer, images: torch.Tensor, depth: torch.Tensor, view: torch.Tensor,
-                        light: torch.Tensor, region: torch.Tensor, fov_deg: float = 10.0,
-                        erode_px: int = 1) -> dict[str, torch.Tensor]:
+def ground_truth_errors(
+    decomposer,
+    images: torch.Tensor,
+    depth: torch.Tensor,
+    view: torch.Tensor,
+    light: torch.Tensor,
+    region: torch.Tensor,
+    fov_deg: float = 10.0,
+    erode_px: int = 1,
+) -> dict[str, torch.Tensor]:
     """Errors of ``decomposer`` on images [B, 3, r, r] in [-1, 1] with known canonical depth
     [B, r, r], view [B, 6] and light [B, 8]; ``region`` [r, r] is the canonical region scored
     (the face). Returns per-image tensors [B]:
@@ -98,8 +106,13 @@ def ground_truth_errors(decomposer, images: torch.Tensor, depth: torch.Tensor, v
     mask = erode((pred.mask & true.mask & seen).float(), erode_px)
     pred_d, true_d = pred.view_depth.clamp_min(1e-3), true.view_depth.clamp_min(1e-3)
     ang = angle_errors(dec.view, view)
-    return {"side": scale_invariant_depth_error(pred_d, true_d, mask),
-            "mad_deg": mean_angle_deviation(pred_d, true_d, mask, fov_deg),
-            "pitch_err_deg": ang[:, 0], "yaw_err_deg": ang[:, 1], "roll_err_deg": ang[:, 2],
-            "pred_yaw_deg": dec.view[:, 1], "light_err_deg": light_angle_error(dec.light, light),
-            "depth_px": mask.sum((1, 2))}
+    return {
+        "side": scale_invariant_depth_error(pred_d, true_d, mask),
+        "mad_deg": mean_angle_deviation(pred_d, true_d, mask, fov_deg),
+        "pitch_err_deg": ang[:, 0],
+        "yaw_err_deg": ang[:, 1],
+        "roll_err_deg": ang[:, 2],
+        "pred_yaw_deg": dec.view[:, 1],
+        "light_err_deg": light_angle_error(dec.light, light),
+        "depth_px": mask.sum((1, 2)),
+    }

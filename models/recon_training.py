@@ -39,17 +39,18 @@ collapsed 2 of 2 seeds of the linear chain within 250 steps of the augmentation
 start. The cap is computed from the linear slope, so it also limits s on a
 StyleGAN, whose yaw saturates by itself before s = 10.
 """
+
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 from models.decomposition import Decomposer, Decomposition, resize
-from models.linear_semantics import derangement, manipulate, pair_differences, projection_std, \
-    regress_directions, unit
+from models.linear_semantics import derangement, manipulate, pair_differences, projection_std, regress_directions, unit
 from models.recon_metrics import erode
 from models.renderer import render
 
@@ -67,8 +68,9 @@ class Reconstructions(NamedTuple):
     mutual_mask: torch.Tensor | None = None
 
 
-def render_reconstructions(dec: Decomposition, partner: torch.Tensor | None = None,
-                           fov_deg: float = 10.0) -> Reconstructions:
+def render_reconstructions(
+    dec: Decomposition, partner: torch.Tensor | None = None, fov_deg: float = 10.0
+) -> Reconstructions:
     """Render the reconstruction, the flipped one and (``partner`` [B] given) the mutual one.
 
     One ``render`` call on the stacked batch (2B or 3B images). The flip
@@ -80,8 +82,7 @@ def render_reconstructions(dec: Decomposition, partner: torch.Tensor | None = No
         depth.append(dec.depth[partner])
         albedo.append(dec.albedo[partner])
     k = len(depth)
-    image, mask = render(torch.cat(depth), torch.cat(albedo), dec.view.repeat(k, 1), dec.light.repeat(k, 1),
-                         fov_deg)
+    image, mask = render(torch.cat(depth), torch.cat(albedo), dec.view.repeat(k, 1), dec.light.repeat(k, 1), fov_deg)
     image = image * 2 - 1
     parts = [t for pair in zip(image.chunk(k), mask.chunk(k)) for t in pair]
     return Reconstructions(*parts)
@@ -90,8 +91,13 @@ def render_reconstructions(dec: Decomposition, partner: torch.Tensor | None = No
 INVALID_COST = math.sqrt(2)  # NLL of a pixel off by 1 (half the [-1, 1] range) at sigma 1
 
 
-def photometric_nll(recon: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor,
-                    mask: torch.Tensor, invalid_cost: float = INVALID_COST) -> torch.Tensor:
+def photometric_nll(
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    sigma: torch.Tensor,
+    mask: torch.Tensor,
+    invalid_cost: float = INVALID_COST,
+) -> torch.Tensor:
     """Laplacian NLL sqrt(2) |target - recon| / sigma + log sigma per valid pixel and channel,
     ``invalid_cost`` per invalid one, averaged over all of them (a 0-d tensor, nats).
 
@@ -104,12 +110,13 @@ def photometric_nll(recon: torch.Tensor, target: torch.Tensor, sigma: torch.Tens
     return ((nll * m).sum() + invalid_cost * (1 - m).sum()) / m.numel()
 
 
-MIRROR_VIEW = (1.0, -1.0, -1.0, -1.0, 1.0, 1.0)   # pitch, yaw, roll, tx, ty, tz of the mirror image
-MIRROR_LIGHT = (1.0,) * 6 + (-1.0, 1.0)            # ambient, diffuse, light_x, light_y
+MIRROR_VIEW = (1.0, -1.0, -1.0, -1.0, 1.0, 1.0)  # pitch, yaw, roll, tx, ty, tz of the mirror image
+MIRROR_LIGHT = (1.0,) * 6 + (-1.0, 1.0)  # ambient, diffuse, light_x, light_y
 
 
-def mirror_consistency(decomposer: Decomposer, images: torch.Tensor, view: torch.Tensor,
-                       light: torch.Tensor) -> torch.Tensor:
+def mirror_consistency(
+    decomposer: Decomposer, images: torch.Tensor, view: torch.Tensor, light: torch.Tensor
+) -> torch.Tensor:
     """Mean |view(flip I) - M view(I)| (in units of each output's range) + |light(flip I) - M light(I)|.
 
     The mirror image of a face is exactly rendered by the mirrored face under the mirrored view
@@ -125,12 +132,20 @@ def mirror_consistency(decomposer: Decomposer, images: torch.Tensor, view: torch
     return dv.abs().mean() + dl.abs().mean()
 
 
-def reconstruction_losses(decomposer: Decomposer, images: torch.Tensor, *, swap_prob: float = 0.0,
-                          flip_weight: float = 0.5, partner: torch.Tensor | None = None,
-                          erode_px: int = 1, perceptual: Perceptual | None = None,
-                          perceptual_weight: float = 1.0, fov_deg: float = 10.0,
-                          invalid_cost: float = INVALID_COST, mirror_weight: float = 0.0
-                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Decomposition, Reconstructions]:
+def reconstruction_losses(
+    decomposer: Decomposer,
+    images: torch.Tensor,
+    *,
+    swap_prob: float = 0.0,
+    flip_weight: float = 0.5,
+    partner: torch.Tensor | None = None,
+    erode_px: int = 1,
+    perceptual: Perceptual | None = None,
+    perceptual_weight: float = 1.0,
+    fov_deg: float = 10.0,
+    invalid_cost: float = INVALID_COST,
+    mirror_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], Decomposition, Reconstructions]:
     """Loss of one batch images [B, 3, r, r] in [-1, 1] (see module doc).
 
     ``partner`` [B] (a derangement) is required when swap_prob > 0.
@@ -146,8 +161,10 @@ def reconstruction_losses(decomposer: Decomposer, images: torch.Tensor, *, swap_
             raise FloatingPointError(f"non-finite decomposition output '{name}'")
     rec = render_reconstructions(dec, partner if swap_prob > 0 else None, fov_deg)
     mask = erode(rec.mask * rec.flip_mask, erode_px).detach()
-    parts = {"recon": photometric_nll(rec.recon, images, dec.conf, mask, invalid_cost),
-             "recon_flip": photometric_nll(rec.flip, images, dec.conf_flip, mask, invalid_cost)}
+    parts = {
+        "recon": photometric_nll(rec.recon, images, dec.conf, mask, invalid_cost),
+        "recon_flip": photometric_nll(rec.flip, images, dec.conf_flip, mask, invalid_cost),
+    }
     own = parts["recon"] + flip_weight * parts["recon_flip"]
     if perceptual is not None:
         parts["perceptual"] = perceptual(rec.recon, images, mask)
@@ -181,16 +198,15 @@ class YawTracker:
     along it. ``extrapolate`` applies Eq. 4.
     """
 
-    def __init__(self, capacity: int = 2048, momentum: float = 0.995, ridge: float = 1e-2,
-                 min_samples: int = 64):
+    def __init__(self, capacity: int = 2048, momentum: float = 0.995, ridge: float = 1e-2, min_samples: int = 64):
         self.capacity, self.momentum, self.ridge, self.min_samples = capacity, momentum, ridge, min_samples
         self.buf_w: torch.Tensor | None = None  # [capacity, d]
         self.buf_y: torch.Tensor | None = None  # [capacity]
-        self.size = 0          # filled rows
-        self.pos = 0           # next row to write
+        self.size = 0  # filled rows
+        self.pos = 0  # next row to write
         self.updates = 0
         self.v_avg: torch.Tensor | None = None  # [d] raw moving average (not bias-corrected)
-        self.slope_avg = 0.0   # moving average of ||v|| (deg per unit w), not bias-corrected
+        self.slope_avg = 0.0  # moving average of ||v|| (deg per unit w), not bias-corrected
         self.sigma_w = 1.0
 
     def push(self, w: torch.Tensor, yaw: torch.Tensor) -> None:
@@ -198,7 +214,7 @@ class YawTracker:
         if self.buf_w is None:
             self.buf_w = w.new_zeros(self.capacity, w.shape[1])
             self.buf_y = w.new_zeros(self.capacity)
-        w, yaw = w[-self.capacity:], yaw[-self.capacity:]
+        w, yaw = w[-self.capacity :], yaw[-self.capacity :]
         idx = (self.pos + torch.arange(w.shape[0], device=w.device)) % self.capacity
         self.buf_w[idx] = w.to(self.buf_w)
         self.buf_y[idx] = yaw.to(self.buf_y)
@@ -212,7 +228,7 @@ class YawTracker:
 
     def estimate(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """One regression estimate of v_yaw from the buffer: [d], degrees of yaw per unit of w."""
-        w, y = self.buf_w[:self.size], self.buf_y[:self.size]
+        w, y = self.buf_w[: self.size], self.buf_y[: self.size]
         dw, dy = pair_differences(w, y, "random", generator)
         ridge = self.ridge * float((dw.double() ** 2).sum()) / dw.shape[1]
         return regress_directions(dw, dy, ridge)
@@ -221,11 +237,12 @@ class YawTracker:
         """Fold a new estimate into the moving averages; returns the averaged direction [d]."""
         raw = self.estimate(generator)
         v = unit(raw)
-        self.v_avg = (1 - self.momentum) * v if self.v_avg is None else \
-            self.momentum * self.v_avg + (1 - self.momentum) * v
+        self.v_avg = (
+            (1 - self.momentum) * v if self.v_avg is None else self.momentum * self.v_avg + (1 - self.momentum) * v
+        )
         self.slope_avg = self.momentum * self.slope_avg + (1 - self.momentum) * float(raw.norm())
         self.updates += 1
-        self.sigma_w = float(projection_std(self.buf_w[:self.size], self.direction))
+        self.sigma_w = float(projection_std(self.buf_w[: self.size], self.direction))
         return self.direction
 
     @property
@@ -233,12 +250,12 @@ class YawTracker:
         """Bias-corrected moving average of the unit estimates [d] (norm <= 1), None before any update."""
         if self.v_avg is None:
             return None
-        return self.v_avg / (1 - self.momentum ** self.updates)
+        return self.v_avg / (1 - self.momentum**self.updates)
 
     @property
     def slope(self) -> float:
         """Bias-corrected moving average of the regression slope, degrees of yaw per unit of w."""
-        return self.slope_avg / (1 - self.momentum ** self.updates) if self.updates else 0.0
+        return self.slope_avg / (1 - self.momentum**self.updates) if self.updates else 0.0
 
     def max_scale(self, scale: float, limit_deg: float | None) -> float:
         """The largest |s| to extrapolate to: ``scale``, or less where the linear prediction
@@ -247,15 +264,25 @@ class YawTracker:
             return scale
         return min(scale, limit_deg / (self.slope * self.sigma_w))
 
-    def extrapolate(self, w: torch.Tensor, scale: float = 10.0, generator: torch.Generator | None = None,
-                    limit_deg: float | None = None) -> torch.Tensor:
+    def extrapolate(
+        self,
+        w: torch.Tensor,
+        scale: float = 10.0,
+        generator: torch.Generator | None = None,
+        limit_deg: float | None = None,
+    ) -> torch.Tensor:
         """Eq. 4 on w [B, d] with s ~ U[-m, m] per row, m = ``max_scale(scale, limit_deg)``: [B, d]."""
         s = (torch.rand(w.shape[0], generator=generator) * 2 - 1) * self.max_scale(scale, limit_deg)
         return manipulate(w, self.direction.to(w), s.to(w), self.sigma_w)
 
     def state_dict(self) -> dict:
-        out = {"size": self.size, "pos": self.pos, "updates": self.updates, "sigma_w": self.sigma_w,
-               "slope_avg": self.slope_avg}
+        out = {
+            "size": self.size,
+            "pos": self.pos,
+            "updates": self.updates,
+            "sigma_w": self.sigma_w,
+            "slope_avg": self.slope_avg,
+        }
         if self.buf_w is not None:
             out.update(buf_w=self.buf_w.clone(), buf_y=self.buf_y.clone())
         if self.v_avg is not None:
@@ -292,23 +319,42 @@ class ReconTrainer:
     yaw-tracker state changes.
     """
 
-    def __init__(self, decomposer: Decomposer, *, lr: float = 1e-4, weight_decay: float = 5e-4,
-                 betas: tuple[float, float] = (0.9, 0.999), flip_weight: float = 0.5,
-                 swap_prob: float = 0.0, erode_px: int = 1, perceptual: Perceptual | None = None,
-                 perceptual_weight: float = 1.0, fov_deg: float = 10.0,
-                 generate: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 yaw_augment: bool = False, yaw_every: int = 10, yaw_momentum: float = 0.995,
-                 yaw_scale: float = 10.0, yaw_fraction: float = 0.5, yaw_buffer: int = 2048,
-                 yaw_ridge: float = 1e-2, yaw_min_samples: int = 64, yaw_start: int = 0, seed: int = 0,
-                 invalid_cost: float = INVALID_COST, yaw_limit_deg: float | None = None,
-                 mirror_weight: float = 0.0):
+    def __init__(
+        self,
+        decomposer: Decomposer,
+        *,
+        lr: float = 1e-4,
+        weight_decay: float = 5e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        flip_weight: float = 0.5,
+        swap_prob: float = 0.0,
+        erode_px: int = 1,
+        perceptual: Perceptual | None = None,
+        perceptual_weight: float = 1.0,
+        fov_deg: float = 10.0,
+        generate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        yaw_augment: bool = False,
+        yaw_every: int = 10,
+        yaw_momentum: float = 0.995,
+        yaw_scale: float = 10.0,
+        yaw_fraction: float = 0.5,
+        yaw_buffer: int = 2048,
+        yaw_ridge: float = 1e-2,
+        yaw_min_samples: int = 64,
+        yaw_start: int = 0,
+        seed: int = 0,
+        invalid_cost: float = INVALID_COST,
+        yaw_limit_deg: float | None = None,
+        mirror_weight: float = 0.0,
+    ):
         if not 0.0 <= swap_prob <= 1.0:
             raise ValueError(f"swap_prob must be in [0, 1], got {swap_prob}")
         if yaw_augment and generate is None:
             raise ValueError("yaw_augment needs a generate(w) callable")
         self.decomposer = decomposer
-        self.optimizer = torch.optim.Adam(decomposer.parameters(), lr=lr, betas=tuple(float(b) for b in betas),
-                                          weight_decay=weight_decay)
+        self.optimizer = torch.optim.Adam(
+            decomposer.parameters(), lr=lr, betas=tuple(float(b) for b in betas), weight_decay=weight_decay
+        )
         self.flip_weight, self.swap_prob, self.erode_px = flip_weight, swap_prob, erode_px
         self.invalid_cost, self.mirror_weight = invalid_cost, mirror_weight
         self.perceptual, self.perceptual_weight, self.fov_deg = perceptual, perceptual_weight, fov_deg
@@ -339,11 +385,19 @@ class ReconTrainer:
         """``reconstruction_losses`` with this trainer's settings (draws a partner if needed)."""
         if self.swap_prob > 0 and partner is None:
             partner = derangement(images.shape[0], self.generator).to(images.device)
-        return reconstruction_losses(self.decomposer, images, swap_prob=self.swap_prob,
-                                     flip_weight=self.flip_weight, partner=partner, erode_px=self.erode_px,
-                                     perceptual=self.perceptual, perceptual_weight=self.perceptual_weight,
-                                     fov_deg=self.fov_deg, invalid_cost=self.invalid_cost,
-                                     mirror_weight=self.mirror_weight)
+        return reconstruction_losses(
+            self.decomposer,
+            images,
+            swap_prob=self.swap_prob,
+            flip_weight=self.flip_weight,
+            partner=partner,
+            erode_px=self.erode_px,
+            perceptual=self.perceptual,
+            perceptual_weight=self.perceptual_weight,
+            fov_deg=self.fov_deg,
+            invalid_cost=self.invalid_cost,
+            mirror_weight=self.mirror_weight,
+        )
 
     def step(self, images: torch.Tensor, w: torch.Tensor | None = None) -> dict[str, float]:
         """One optimisation step; returns the loss parts (floats) and "n_augmented"."""
@@ -369,7 +423,7 @@ class ReconTrainer:
         self.optimizer.step()
         self.steps += 1
         if self.yaw_augment and w is not None:
-            self.yaw.push(w, dec.view[:w.shape[0], 1])
+            self.yaw.push(w, dec.view[: w.shape[0], 1])
             if self.steps % self.yaw_every == 0 and self.yaw.ready:
                 self.yaw.update(self.generator)
         out = {k: float(v.detach()) for k, v in parts.items()}
@@ -381,8 +435,15 @@ class ReconTrainer:
 
         Tensors, numbers and nested dicts / lists only (``torch.load(weights_only=True)`` reads it).
         """
-        return copy.deepcopy({"decomposer": self.decomposer.state_dict(), "optimizer": self.optimizer.state_dict(),
-                              "yaw": self.yaw.state_dict(), "steps": self.steps, "rng": self.generator.get_state()})
+        return copy.deepcopy(
+            {
+                "decomposer": self.decomposer.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "yaw": self.yaw.state_dict(),
+                "steps": self.steps,
+                "rng": self.generator.get_state(),
+            }
+        )
 
     def reseed(self, seed: int) -> None:
         """Restart the trainer's random stream (derangements, augmentation draws) from ``seed``."""

@@ -56,13 +56,13 @@ Speed (benchmarks/renderer.py, batch 128 at 64x64, yaw 0 / 30 / 60, 2 CPU thread
 one other job on the machine): 0.07-0.08 s forward, 0.11-0.13 s forward + backward;
 a dense fixed-step ray march is about 6x slower and a naive z-buffer 20-80x.
 """
+
 import math
 import warnings
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-
 
 VIEW_NAMES = ("pitch", "yaw", "roll", "tx", "ty", "tz")
 LIGHT_NAMES = ("amb_r", "amb_g", "amb_b", "diff_r", "diff_g", "diff_b", "light_x", "light_y")
@@ -154,15 +154,15 @@ def depth_to_normals(depth, fov_deg=10.0):
 
 def light_direction(light):
     """Unit light direction l = normalize(light_x, light_y, -1). [B, 8] -> [B, 3]."""
-    l = torch.cat([light[:, 6:8], -torch.ones_like(light[:, :1])], 1)
-    return l / l.norm(dim=1, keepdim=True)
+    direction = torch.cat([light[:, 6:8], -torch.ones_like(light[:, :1])], 1)
+    return direction / direction.norm(dim=1, keepdim=True)
 
 
 def shade(depth, albedo, light, fov_deg=10.0):
     """Canonical image albedo * (amb + diff * max(0, n.l)). -> [B, 3, H, W]."""
     nx, ny, nz = _normal_terms(depth, fov_deg)
-    l = light_direction(light)[:, :, None, None]  # [B, 3, 1, 1]
-    dot = nx * l[:, 0] + ny * l[:, 1] + nz * l[:, 2]
+    ld = light_direction(light)[:, :, None, None]  # [B, 3, 1, 1]
+    dot = nx * ld[:, 0] + ny * ld[:, 1] + nz * ld[:, 2]
     cos = (dot * torch.rsqrt(nx * nx + ny * ny + nz * nz).clamp_max(1e12)).clamp_min(0)
     return albedo * torch.addcmul(light[:, 0:3, None, None], light[:, 3:6, None, None], cos[:, None])
 
@@ -350,6 +350,7 @@ def _segment_points(au, bu, av, bv, w0, lo, count):
     cell by cell (2D DDA) from w0 towards lo. Inputs [...] -> [..., count + 1],
     decreasing, clamped at lo (rays that reach lo repeat it).
     """
+
     def first(a, b):  # next integer line of a + b w (k), the step of k, 1 / b, its w
         x0 = torch.addcmul(a, b, w0)
         k = torch.where(b > 0, x0.ceil().sub_(1), x0.floor().add_(1))  # b > 0: x decreases with w
@@ -405,8 +406,7 @@ def _first_root(table, base, au, bu, av, bv, pts, side0, size, iters):
     d0, du, dv, c3 = _lookup(table, base_, torch.addcmul(au_, bu_, wm), torch.addcmul(av_, bv_, wm), size, True)
     d1 = du.mul_(bu_).addcmul_(dv, bv_)  # dD/dw
     d2 = c3.mul_(bu_ * bv_)  # d2D/dw2 / 2
-    k = (torch.addcmul(torch.full_like(d0, -1.0), wm, d0), torch.addcmul(d0, wm, d1),
-         torch.addcmul(d1, wm, d2), d2)
+    k = (torch.addcmul(torch.full_like(d0, -1.0), wm, d0), torch.addcmul(d0, wm, d1), torch.addcmul(d1, wm, d2), d2)
     s3 = _cubic(k, -hh) > 0  # side at the segment end
     if side0 is None:  # side at the start of the walk
         side0 = _cubic([x[:, 0] for x in k], hh[:, 0]) > 0
@@ -471,8 +471,7 @@ def raycast(depth, view, fov_deg=10.0, first_cells=1):
     with torch.no_grad():
         dep = depth.detach()
         if not (torch.isfinite(dep).all() and torch.isfinite(view.detach()).all()):
-            raise ValueError("raycast: depth and view must be finite (got NaN or inf); "
-                             "a diverged network upstream?")
+            raise ValueError("raycast: depth and view must be finite (got NaN or inf); a diverged network upstream?")
         table = _cell_table(dep)
         au, bu, av, bv, oz, dz = (x.detach() for x in rays)
         # search interval in w: frustum of the square, depth slab, cell z-buffer

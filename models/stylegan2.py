@@ -481,14 +481,24 @@ class SynthesisLayer(nn.Module):
         # x: [batch, in, h, w]; w: [batch, w_dim]
         styles = self.affine(w)  # [batch, in]
         x = modulated_conv2d(
-            x, self.weight, styles, demodulate=True, up=self.up,
-            resample_kernel=self.resample_kernel, fused=fused_modconv,
+            x,
+            self.weight,
+            styles,
+            demodulate=True,
+            up=self.up,
+            resample_kernel=self.resample_kernel,
+            fused=fused_modconv,
         )  # [batch, out, r, r]
         if self.use_noise and noise_mode != "none":
             if noise_mode == "random":
                 noise = torch.randn(
-                    x.shape[0], 1, self.resolution, self.resolution,
-                    device=x.device, dtype=x.dtype, generator=generator,
+                    x.shape[0],
+                    1,
+                    self.resolution,
+                    self.resolution,
+                    device=x.device,
+                    dtype=x.dtype,
+                    generator=generator,
                 )  # [batch, 1, r, r]
             elif noise_mode == "const":
                 noise = self.noise_const.to(x.dtype)  # [r, r]
@@ -546,8 +556,13 @@ class SynthesisBlock(nn.Module):
         else:
             self.const = None
             self.conv0 = SynthesisLayer(
-                in_channels, out_channels, w_dim, resolution, up=2,
-                conv_clamp=conv_clamp, resample_taps=resample_taps,
+                in_channels,
+                out_channels,
+                w_dim,
+                resolution,
+                up=2,
+                conv_clamp=conv_clamp,
+                resample_taps=resample_taps,
             )
         self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
         self.torgb = ToRGB(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
@@ -658,8 +673,12 @@ class Generator(nn.Module):
         self.synthesis_net = SynthesisNetwork(w_dim, resolution, img_channels, channel_base, channel_max, conv_clamp)
         self.num_ws = self.synthesis_net.num_ws
         self.mapping_net = MappingNetwork(
-            z_dim, w_dim, num_ws=self.num_ws, num_layers=mapping_layers,
-            lr_mul=mapping_lr_mul, w_avg_beta=w_avg_beta,
+            z_dim,
+            w_dim,
+            num_ws=self.num_ws,
+            num_layers=mapping_layers,
+            lr_mul=mapping_lr_mul,
+            w_avg_beta=w_avg_beta,
         )
 
     def mapping(
@@ -812,8 +831,11 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleDict()
         for res in self.block_resolutions:
             self.blocks[f"b{res}"] = DiscriminatorBlock(
-                self.channels[res], self.channels[res // 2], img_channels,
-                from_rgb=(res == resolution), conv_clamp=conv_clamp,
+                self.channels[res],
+                self.channels[res // 2],
+                img_channels,
+                from_rgb=(res == resolution),
+                conv_clamp=conv_clamp,
             )
         self.from_rgb4 = (
             EqualConv2d(img_channels, self.channels[4], 1, activation="lrelu", conv_clamp=conv_clamp)

@@ -3,6 +3,7 @@
 Importing this package makes every tool the pipeline runs (DVC, Prefect) keep its state
 inside the project and send no telemetry (see `pipeline.env`).
 """
+
 from pipeline.env import configure_environment
 
 configure_environment()

@@ -7,6 +7,7 @@ a store without it. `write_store` builds the store under a temporary name beside
 path and renames it into place only after success, so a crash never leaves a half store
 under the final name.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -15,9 +16,10 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import zarr
 
@@ -29,10 +31,16 @@ class IncompleteArtifactError(RuntimeError):
 def git_revision(cwd: str | Path | None = None) -> str:
     """`git rev-parse HEAD` (+ '-dirty' when tracked files are modified); 'unknown' outside git."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("-dirty" if dirty else "")
@@ -45,7 +53,7 @@ def provenance(stage: str, params: dict[str, Any], params_hash: str) -> dict[str
         "params_hash": params_hash,
         "params": json.loads(json.dumps(params)),
         "git_rev": git_revision(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -82,8 +90,9 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def write_store(path: str | Path, stage: str, params: dict[str, Any], params_hash: str,
-                **attrs: Any) -> Iterator[zarr.Group]:
+def write_store(
+    path: str | Path, stage: str, params: dict[str, Any], params_hash: str, **attrs: Any
+) -> Iterator[zarr.Group]:
     """Create a new Zarr group for `stage` and move it to `path` atomically on success.
 
     Yields the group to fill; extra keyword attributes are stored too. On an exception
@@ -103,8 +112,7 @@ def write_store(path: str | Path, stage: str, params: dict[str, Any], params_has
             shutil.rmtree(tmp)
 
 
-def create_store(path: str | Path, stage: str, params: dict[str, Any], params_hash: str,
-                 **attrs: Any) -> zarr.Group:
+def create_store(path: str | Path, stage: str, params: dict[str, Any], params_hash: str, **attrs: Any) -> zarr.Group:
     """Create a store at its final path, marked incomplete, for writers that fill disjoint
     regions (shards) in separate processes; `mark_complete` seals it once all are written."""
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
@@ -120,8 +128,9 @@ def open_store(path: str | Path) -> zarr.Group:
     """Open a store read-only; refuse one that is missing or not marked complete."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"artifact {path} does not exist: run the stage that writes it "
-                                "(`dvc repro` or `facesem run`)")
+        raise FileNotFoundError(
+            f"artifact {path} does not exist: run the stage that writes it (`dvc repro` or `facesem run`)"
+        )
     try:
         group = zarr.open_group(str(path), mode="r")
     except Exception as err:  # zarr raises several types for a broken store
@@ -129,7 +138,8 @@ def open_store(path: str | Path) -> zarr.Group:
     if group.attrs.get("complete") is not True:
         raise IncompleteArtifactError(
             f"artifact {path} is incomplete (no 'complete: true' attribute; written by stage "
-            f"{group.attrs.get('stage', '?')!r}): it was interrupted; re-run that stage")
+            f"{group.attrs.get('stage', '?')!r}): it was interrupted; re-run that stage"
+        )
     return group
 
 
@@ -158,8 +168,13 @@ def summarize(path: str | Path) -> list[dict[str, Any]]:
 
 def _row(path: Path, name: str, arr: zarr.Array, attrs: dict[str, Any]) -> dict[str, Any]:
     return {
-        "artifact": path.name, "array": name, "shape": tuple(arr.shape), "dtype": str(arr.dtype),
-        "chunks": tuple(arr.chunks), "stored_bytes": int(arr.nbytes_stored()),
-        "stage": attrs.get("stage"), "params_hash": attrs.get("params_hash"),
+        "artifact": path.name,
+        "array": name,
+        "shape": tuple(arr.shape),
+        "dtype": str(arr.dtype),
+        "chunks": tuple(arr.chunks),
+        "stored_bytes": int(arr.nbytes_stored()),
+        "stage": attrs.get("stage"),
+        "params_hash": attrs.get("params_hash"),
         "complete": attrs.get("complete") is True,
     }

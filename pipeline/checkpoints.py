@@ -4,6 +4,7 @@ Never pickles. `save_checkpoint` writes both files atomically (weights first, si
 so a checkpoint without a sidecar is ignored as incomplete). `latest_checkpoint` finds the
 newest complete one in a folder, for resuming after an interruption.
 """
+
 from __future__ import annotations
 
 import csv
@@ -61,8 +62,7 @@ def unflatten_state(tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> 
     def fix(node: Any, path: str) -> Any:
         if not isinstance(node, dict):
             return node
-        node = {(int(k[1:]) if k.startswith("#") else k): fix(v, f"{path}/{k}" if path else k)
-                for k, v in node.items()}
+        node = {(int(k[1:]) if k.startswith("#") else k): fix(v, f"{path}/{k}" if path else k) for k, v in node.items()}
         if path in lists:
             return [node[str(i)] for i in range(len(node))]
         return node
@@ -70,8 +70,9 @@ def unflatten_state(tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> 
     return fix(root, "")
 
 
-def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], meta: dict[str, Any],
-                    name: str | None = None) -> Path:
+def save_checkpoint(
+    folder: str | Path, step: int, state: dict[str, Any], meta: dict[str, Any], name: str | None = None
+) -> Path:
     """Write `<name>.safetensors` + `<name>.json` sidecar in `folder` (default name
     `ckpt-<step>`, which `latest_checkpoint` finds); returns the weights path."""
     folder = Path(folder)
@@ -104,18 +105,22 @@ def load_checkpoint(weights: str | Path, device: str | torch.device = "cpu") -> 
     try:
         meta = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint sidecar {sidecar} is not valid JSON ({err}; {sidecar.stat().st_size} "
-                              "bytes): it was cut mid-way or edited. Restore it (`dvc checkout`, or copy it "
-                              "again) or re-export the checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint sidecar {sidecar} is not valid JSON ({err}; {sidecar.stat().st_size} "
+            "bytes): it was cut mid-way or edited. Restore it (`dvc checkout`, or copy it "
+            "again) or re-export the checkpoint"
+        ) from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint sidecar {sidecar} holds a {type(meta).__name__}, not a JSON object")
     try:
         tensors = load_file(str(weights), device=str(device))
     except Exception as err:  # safetensors raises SafetensorError, OSError or its own ValueError
-        raise CheckpointError(f"checkpoint weights {weights} cannot be read ({type(err).__name__}: {err}; "
-                              f"{weights.stat().st_size} bytes): the file is truncated, corrupt or not a "
-                              "safetensors file. Restore it (`dvc checkout`, or copy it again) or re-export "
-                              "it") from None
+        raise CheckpointError(
+            f"checkpoint weights {weights} cannot be read ({type(err).__name__}: {err}; "
+            f"{weights.stat().st_size} bytes): the file is truncated, corrupt or not a "
+            "safetensors file. Restore it (`dvc checkout`, or copy it again) or re-export "
+            "it"
+        ) from None
     return unflatten_state(tensors, meta.pop("state_extra", {})), meta
 
 
@@ -126,9 +131,11 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], weight
         module.load_state_dict(state)
     except (RuntimeError, KeyError) as err:
         detail = str(err).strip().splitlines()
-        raise CheckpointError(f"{weights}: its weights do not fit the {what} that its sidecar describes "
-                              f"({' '.join(detail[:3])[:400]}): it was written by another version of the code "
-                              "or its files were mixed up; re-export it") from None
+        raise CheckpointError(
+            f"{weights}: its weights do not fit the {what} that its sidecar describes "
+            f"({' '.join(detail[:3])[:400]}): it was written by another version of the code "
+            "or its files were mixed up; re-export it"
+        ) from None
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
@@ -136,8 +143,11 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir()
-                   if (m := _NAME.match(p.name)) and p.with_suffix(".json").is_file())
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := _NAME.match(p.name)) and p.with_suffix(".json").is_file()
+    )
     return found[-1][1] if found else None
 
 
@@ -182,9 +192,14 @@ def set_aside(run_dir: str | Path, stage: str, changes: list[str]) -> Path | Non
     while dest.exists():
         dest, n = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}"), n + 1
     run_dir.rename(dest)
-    log.warning("%s: %s holds a run with other params (%s); moved aside to %s, nothing deleted. To continue "
-                "that run instead, restore its params and rename the folder back.", stage, run_dir,
-                "; ".join(changes) or "none recorded", dest)
+    log.warning(
+        "%s: %s holds a run with other params (%s); moved aside to %s, nothing deleted. To continue "
+        "that run instead, restore its params and rename the folder back.",
+        stage,
+        run_dir,
+        "; ".join(changes) or "none recorded",
+        dest,
+    )
     return dest
 
 

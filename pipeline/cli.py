@@ -1,37 +1,38 @@
 """`facesem`: run the pipeline, one stage, look into artifacts.
 
-    facesem run [--target STAGE ...] [--force]   the Prefect flow over dvc.yaml's DAG
-    facesem serve --cron "0 3 * * *" [--dry-run] the same flow on a schedule (PREFECT_API_URL's server)
-    facesem stage NAME [--force]                 one stage through DVC (dvc repro --single-item)
-    facesem inspect [ARTIFACT[/ARRAY]] [--rev REV] [--export OUT] | --diff REV1 REV2
-                                                 artifacts: shape, dtype, chunks, size, provenance, statistics
-    facesem dag [--sync-deps]                    the stages and their upstream, from dvc.yaml (or fix its code deps)
-    facesem params                               validate params.yaml and print it resolved
-    facesem edit --direction yaw --seeds 0,1,2 --scales -3:3:7 --out grid.png
-                                                 faces moved along a learned direction (Eq. 4)
+facesem run [--target STAGE ...] [--force]   the Prefect flow over dvc.yaml's DAG
+facesem serve --cron "0 3 * * *" [--dry-run] the same flow on a schedule (PREFECT_API_URL's server)
+facesem stage NAME [--force]                 one stage through DVC (dvc repro --single-item)
+facesem inspect [ARTIFACT[/ARRAY]] [--rev REV] [--export OUT] | --diff REV1 REV2
+                                             artifacts: shape, dtype, chunks, size, provenance, statistics
+facesem dag [--sync-deps]                    the stages and their upstream, from dvc.yaml (or fix its code deps)
+facesem params                               validate params.yaml and print it resolved
+facesem edit --direction yaw --seeds 0,1,2 --scales -3:3:7 --out grid.png
+                                             faces moved along a learned direction (Eq. 4)
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pipeline  # noqa: F401  (sets DVC/Prefect environment defaults first)
 from pipeline.env import project_root
-
 
 # ---- argument types: one per kind of value, shared by every command (argparse exits 2 naming the argument)
 
 
 def _arg_type(parse, name: str):
     """An argparse type from a parser that raises ValueError with the reason."""
+
     def convert(text: str):
         try:
             return parse(text)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
+
     convert.__name__ = name
     return convert
 
@@ -45,6 +46,7 @@ def _positive(kind):
         if value is None or not value > 0 or value == float("inf"):
             raise ValueError(f"must be a positive finite {kind.__name__}, got {text!r}")
         return value
+
     return _arg_type(parse, f"positive {kind.__name__}")
 
 
@@ -83,8 +85,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.flow import build_deployment, describe_deployment
 
     os.chdir(project_root())  # served runs start here; the entrypoint is relative to it
-    deployment = build_deployment(name=args.name, cron=args.cron, interval=args.interval,
-                                  timezone=args.timezone, targets=args.target, force=args.force)
+    deployment = build_deployment(
+        name=args.name,
+        cron=args.cron,
+        interval=args.interval,
+        timezone=args.timezone,
+        targets=args.target,
+        force=args.force,
+    )
     print(describe_deployment(deployment), flush=True)
     if args.dry_run:
         print("dry run: nothing was sent to a server")
@@ -93,9 +101,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():  # the temporary server has no scheduler: nothing would run
-        raise RuntimeError("serving needs a Prefect server: start one (`prefect server start`) and "
-                           "export PREFECT_API_URL=http://127.0.0.1:4200/api, or point it at a "
-                           "shared server (docs/operations.md)")
+        raise RuntimeError(
+            "serving needs a Prefect server: start one (`prefect server start`) and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api, or point it at a "
+            "shared server (docs/operations.md)"
+        )
     serve(deployment, limit=args.limit)  # until Ctrl-C, which pauses the schedule
     return 0
 
@@ -164,8 +174,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     root = project_root()
     seeds, scales = args.seeds, args.scales
-    stores = [root / args.directions] if args.directions else \
-        [root / "data" / n for n in ("directions.zarr", "components.zarr") if (root / "data" / n).exists()]
+    stores = (
+        [root / args.directions]
+        if args.directions
+        else [root / "data" / n for n in ("directions.zarr", "components.zarr") if (root / "data" / n).exists()]
+    )
     if not stores:
         raise FileNotFoundError("no direction stores under data/ yet: run the pipeline (facesem run)")
     direction, sigma_w = load_direction(stores, args.direction)
@@ -177,8 +190,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facesem", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="facesem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run the pipeline as a Prefect flow (DVC decides what is up to date)")
     p.add_argument("--target", action="append", help="only this stage and its upstream (repeatable)")
@@ -192,32 +206,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="scheduled", help="deployment name: facesem/NAME (default: scheduled)")
     p.add_argument("--target", action="append", help="only this stage and its upstream (repeatable)")
     p.add_argument("--force", action="store_true", help="re-run stages even if up to date")
-    p.add_argument("--limit", type=POSITIVE_INT, default=1,
-                   help="flow runs at once (default 1: a run that comes due while one runs waits)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="build the deployment and print it (name, entrypoint, schedule, parameters) "
-                        "without contacting a server")
+    p.add_argument(
+        "--limit",
+        type=POSITIVE_INT,
+        default=1,
+        help="flow runs at once (default 1: a run that comes due while one runs waits)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the deployment and print it (name, entrypoint, schedule, parameters) without contacting a server",
+    )
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("stage", help="run one stage through DVC")
     p.add_argument("name")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_stage)
-    p = sub.add_parser("inspect", help="list artifacts (shape, dtype, chunks, size, provenance); "
-                                       "summarize or export one at any git rev / dvc exp; diff two revs")
-    p.add_argument("artifact", nargs="?", help="ARTIFACT[/ARRAY]: faces, faces/images, data/faces.zarr/gt/depth "
-                                               "(default: list all under data/)")
-    p.add_argument("--rev", help="a git revision or `dvc exp` name, read through DVC without a checkout "
-                                 "(default: the work tree)")
-    p.add_argument("--export", metavar="OUT", help="OUT.png: a grid of uint8 [N, 3, H, W] images; "
-                                                   "OUT.csv: the rows of a 1-D or 2-D array")
+    p = sub.add_parser(
+        "inspect",
+        help="list artifacts (shape, dtype, chunks, size, provenance); "
+        "summarize or export one at any git rev / dvc exp; diff two revs",
+    )
+    p.add_argument(
+        "artifact",
+        nargs="?",
+        help="ARTIFACT[/ARRAY]: faces, faces/images, data/faces.zarr/gt/depth (default: list all under data/)",
+    )
+    p.add_argument(
+        "--rev", help="a git revision or `dvc exp` name, read through DVC without a checkout (default: the work tree)"
+    )
+    p.add_argument(
+        "--export",
+        metavar="OUT",
+        help="OUT.png: a grid of uint8 [N, 3, H, W] images; OUT.csv: the rows of a 1-D or 2-D array",
+    )
     p.add_argument("--rows", type=POSITIVE_INT, help="rows exported (default: 16 images, every row of a CSV)")
     p.add_argument("--zoom", type=POSITIVE_INT, default=1, help="nearest-neighbour upscaling of an exported PNG")
-    p.add_argument("--diff", nargs=2, metavar=("REV1", "REV2"),
-                   help="compare params, metrics and array statistics of two revisions ('workspace': the work tree)")
+    p.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("REV1", "REV2"),
+        help="compare params, metrics and array statistics of two revisions ('workspace': the work tree)",
+    )
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("dag", help="print the stages and their upstream stages (from dvc.yaml)")
-    p.add_argument("--sync-deps", action="store_true",
-                   help="rewrite each stage's Python deps in dvc.yaml to its project import closure")
+    p.add_argument(
+        "--sync-deps",
+        action="store_true",
+        help="rewrite each stage's Python deps in dvc.yaml to its project import closure",
+    )
     p.set_defaults(func=cmd_dag)
     p = sub.add_parser("params", help="validate params.yaml and print the resolved values")
     p.add_argument("--file", default="params.yaml")
@@ -227,8 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=SEEDS, default="0,1,2", help="comma list: one row per seed")
     p.add_argument("--scales", type=SCALES, default="-3:3:7", help="s of Eq. 4: start:stop:count or a comma list")
     p.add_argument("--out", default="edit.png")
-    p.add_argument("--directions", help="a directions store (default: data/directions.zarr, "
-                                        "then data/components.zarr)")
+    p.add_argument("--directions", help="a directions store (default: data/directions.zarr, then data/components.zarr)")
     p.add_argument("--generator", default="data/gan/generator.safetensors")
     p.add_argument("--device", default="auto")
     p.add_argument("--zoom", type=POSITIVE_INT, default=3, help="nearest-neighbour upscaling of the PNG")

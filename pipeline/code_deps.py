@@ -7,6 +7,7 @@ module-level and function-level `import` / `from ... import`, relative ones reso
 follows them; `sync_deps` rewrites dvc.yaml's Python deps to exactly that closure, keeping the
 other deps (data, shipped checkpoints, `${data.path}`) and the file's comments.
 """
+
 from __future__ import annotations
 
 import ast

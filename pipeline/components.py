@@ -3,6 +3,7 @@
 A component u_p [S] of the canonical-map Jacobian is laid out like directions.zarr's
 `jacobian` rows: depth [1, r, r] then albedo [3, r, r] (see its `layout` attribute).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,7 @@ from pipeline.images import to_uint8
 def split_maps(u: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., 4 r^2] -> depth [..., r, r], albedo [..., 3, r, r]."""
     lead = u.shape[:-1]
-    return u[..., :r * r].reshape(*lead, r, r), u[..., r * r:].reshape(*lead, 3, r, r)
+    return u[..., : r * r].reshape(*lead, r, r), u[..., r * r :].reshape(*lead, 3, r, r)
 
 
 def signed_rgb(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """The pipeline DAG, read from dvc.yaml through DVC's own graph (no second copy)."""
+
 from __future__ import annotations
 
 from graphlib import TopologicalSorter

@@ -1,4 +1,5 @@
 """Loading images from artifacts into memory, at the resolution a stage works at."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,13 +19,15 @@ def resize_uint8(block: torch.Tensor, resolution: int) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def load_images(store: str | Path, resolution: int, array: str = "images",
-                chunk: int = 2048) -> tuple[torch.Tensor, dict]:
+def load_images(
+    store: str | Path, resolution: int, array: str = "images", chunk: int = 2048
+) -> tuple[torch.Tensor, dict]:
     """A store's images -> uint8 [N, 3, r, r] in memory; plus the store's attributes."""
     group = open_store(store)
     images = group[array]
-    out = [resize_uint8(torch.from_numpy(images[lo:lo + chunk]), resolution)
-           for lo in range(0, images.shape[0], chunk)]
+    out = [
+        resize_uint8(torch.from_numpy(images[lo : lo + chunk]), resolution) for lo in range(0, images.shape[0], chunk)
+    ]
     return torch.cat(out), dict(group.attrs)
 
 

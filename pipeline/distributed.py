@@ -11,6 +11,7 @@ Rank 0 alone writes checkpoints, figures and metrics.
     torchrun --standalone --nproc_per_node 4 -m stages.train_gan -- --faces ... (dvc.yaml's arguments; the
     `--` keeps torchrun from reading `--run` as its own option)
 """
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,7 @@ import torch.distributed as dist
 @dataclass(frozen=True)
 class World:
     """This process's place: rank in [0, size); device to train on."""
+
     rank: int = 0
     size: int = 1
     device: torch.device = torch.device("cpu")
@@ -85,9 +87,8 @@ def average_gradients(optimizer: torch.optim.Optimizer) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad.copy_(flat[offset:offset + n].view_as(p))
+        p.grad.copy_(flat[offset : offset + n].view_as(p))
         offset += n
-
 
 
 def barrier() -> None:

@@ -4,6 +4,7 @@ A direction is looked up by name in the pipeline's direction stores (directions.
 14 univariate semantics; components.zarr: the localized components). Every edit goes
 through models.linear_semantics.manipulate.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,8 +67,14 @@ def parse_seeds(text: str) -> list[int]:
 
 
 @torch.no_grad()
-def edit_grid(gen: LatentGenerator, direction: torch.Tensor, sigma_w: float, seeds: list[int],
-              scales: list[float], truncation_psi: float = 1.0) -> np.ndarray:
+def edit_grid(
+    gen: LatentGenerator,
+    direction: torch.Tensor,
+    sigma_w: float,
+    seeds: list[int],
+    scales: list[float],
+    truncation_psi: float = 1.0,
+) -> np.ndarray:
     """uint8 images [len(seeds) * len(scales), 3, r, r]: row = seed (z ~ N(0, I) from it), column = s."""
     device = gen.device
     z = torch.cat([torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])

@@ -3,6 +3,7 @@
 Only defaults are set (`os.environ.setdefault`), so a user can still point Prefect at a
 shared server (`PREFECT_API_URL`) or move `PREFECT_HOME` explicitly.
 """
+
 from __future__ import annotations
 
 import os

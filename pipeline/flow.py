@@ -17,6 +17,7 @@ starts from the first stage that did not.
 The same flow is what `facesem serve` schedules and what prefect.yaml deploys
 (entrypoint `pipeline/flow.py:facesem_flow`).
 """
+
 from __future__ import annotations
 
 import collections
@@ -56,8 +57,14 @@ def stage_environment() -> dict[str, str]:
 
 def stage_is_current(name: str, root: Path, timeout: float | None = None) -> bool:
     """True when DVC reports nothing changed for this stage (deps, params, outs, cmd)."""
-    proc = subprocess.run(dvc_command("status", name, "--json"), cwd=root, env=stage_environment(),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        dvc_command("status", name, "--json"),
+        cwd=root,
+        env=stage_environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         said = "\n".join(t.strip() for t in (proc.stderr, proc.stdout) if t.strip()) or "(no output)"
         raise RuntimeError(f"`dvc status {name}` failed (exit {proc.returncode}):\n{said}")
@@ -140,8 +147,10 @@ def run_stage(name: str, root: str, force: bool = False, timeout_s: float | None
     started = time.monotonic()
 
     def timed_out() -> StageTimeout:
-        return StageTimeout(f"stage {name!r} ran past its time limit of {timeout_s:g} s "
-                            "(flow.timeout_s / flow.stage_timeouts); its processes were stopped")
+        return StageTimeout(
+            f"stage {name!r} ran past its time limit of {timeout_s:g} s "
+            "(flow.timeout_s / flow.stage_timeouts); its processes were stopped"
+        )
 
     try:
         if not force and stage_is_current(name, root_path, timeout=timeout_s):
@@ -153,8 +162,15 @@ def run_stage(name: str, root: str, force: bool = False, timeout_s: float | None
     tail: collections.deque[str] = collections.deque(maxlen=40)
     cached = False
     expired = threading.Event()
-    with subprocess.Popen(cmd, cwd=root_path, env=stage_environment(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    with subprocess.Popen(
+        cmd,
+        cwd=root_path,
+        env=stage_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as proc:
         assert proc.stdout is not None
 
         def expire() -> None:
@@ -185,8 +201,7 @@ def run_stage(name: str, root: str, force: bool = False, timeout_s: float | None
         logger.error("%s: stopped at its time limit; last output:\n%s", name, "\n".join(tail))
         raise timed_out()
     if proc.returncode != 0:
-        raise RuntimeError(f"stage {name!r} failed (exit {proc.returncode}); last output:\n"
-                           + "\n".join(tail))
+        raise RuntimeError(f"stage {name!r} failed (exit {proc.returncode}); last output:\n" + "\n".join(tail))
     if cached:
         return Completed(name="Cached", message=f"{name}: restored from the DVC run cache")
     return f"{name}: ran"
@@ -206,7 +221,7 @@ class ParamsTaskRunner(TaskRunner):
         self._fixed = flow_params
         self.inner: TaskRunner | None = None  # the chosen runner while started
 
-    def duplicate(self) -> "ParamsTaskRunner":
+    def duplicate(self) -> ParamsTaskRunner:
         return type(self)(self._fixed)
 
     def __eq__(self, other: object) -> bool:
@@ -256,24 +271,38 @@ def facesem_flow(targets: list[str] | None = None, force: bool = False) -> dict[
     futures = {}
     for name, upstream in dag.items():
         if params.flow.shards > 1 and name in SHARDABLE:  # shard tasks on the runner's workers
-            futures[name] = submit_sharded(name, str(root), params.flow.shards, [futures[u] for u in upstream],
-                                           dvc_command(), stage_environment(), force, params.flow)
+            futures[name] = submit_sharded(
+                name,
+                str(root),
+                params.flow.shards,
+                [futures[u] for u in upstream],
+                dvc_command(),
+                stage_environment(),
+                force,
+                params.flow,
+            )
             continue
-        configured = run_stage.with_options(task_run_name=name, retries=params.flow.retries_for(name),
-                                            retry_delay_seconds=params.flow.retry_delay_s)
-        futures[name] = configured.submit(name, str(root), force, params.flow.timeout_for(name),
-                                          wait_for=[futures[u] for u in upstream])
+        configured = run_stage.with_options(
+            task_run_name=name, retries=params.flow.retries_for(name), retry_delay_seconds=params.flow.retry_delay_s
+        )
+        futures[name] = configured.submit(
+            name, str(root), force, params.flow.timeout_for(name), wait_for=[futures[u] for u in upstream]
+        )
     for fut in futures.values():
         fut.wait()
     states = {name: fut.state for name, fut in futures.items()}
     failed = {n: s for n, s in states.items() if not s.is_completed()}
     if failed:
-        lines = [f"  {n}: " + ("not run, an upstream stage did not complete" if s.name == "NotReady"
-                               else s.name + (": " + s.message.strip().replace("\n", "\n      ")
-                                              if s.message else ""))
-                 for n, s in failed.items()]  # the whole reason, never cut
-        raise RuntimeError("stages failed or did not run (a rerun starts from the cached stages):\n"
-                           + "\n".join(lines))
+        lines = [
+            f"  {n}: "
+            + (
+                "not run, an upstream stage did not complete"
+                if s.name == "NotReady"
+                else s.name + (": " + s.message.strip().replace("\n", "\n      ") if s.message else "")
+            )
+            for n, s in failed.items()
+        ]  # the whole reason, never cut
+        raise RuntimeError("stages failed or did not run (a rerun starts from the cached stages):\n" + "\n".join(lines))
     if "report" in states:
         publish_report(root)
     return {name: state.name for name, state in states.items()}
@@ -299,8 +328,14 @@ def task_runner(flow_params):
     if flow_params.task_runner == "dask":
         from prefect_dask import DaskTaskRunner  # noqa: PLC0415
 
-        return DaskTaskRunner(cluster_kwargs={"n_workers": flow_params.dask_workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": flow_params.dask_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
     return ThreadPoolTaskRunner(max_workers=flow_params.max_parallel)
 
 
@@ -309,9 +344,14 @@ def run_pipeline(targets: list[str] | None = None, force: bool = False) -> dict[
     return facesem_flow(targets=targets, force=force)
 
 
-def build_deployment(name: str = "scheduled", cron: str | None = None, interval: float | None = None,
-                     timezone: str | None = None, targets: list[str] | None = None,
-                     force: bool = False):
+def build_deployment(
+    name: str = "scheduled",
+    cron: str | None = None,
+    interval: float | None = None,
+    timezone: str | None = None,
+    targets: list[str] | None = None,
+    force: bool = False,
+):
     """The deployment `facesem serve` serves: facesem_flow on a cron or interval schedule.
 
     Built and validated (schedule, parameters, target stages) without contacting a server.
@@ -332,8 +372,12 @@ def build_deployment(name: str = "scheduled", cron: str | None = None, interval:
     if targets:
         load_dag(project_root(), list(targets))  # KeyError naming the stages when one is unknown
     return facesem_flow.to_deployment(
-        name=name, schedules=schedules or None, parameters=parameters, tags=["facesem"],
-        description="The facesem pipeline (dvc.yaml's stages as Prefect tasks), scheduled.")
+        name=name,
+        schedules=schedules or None,
+        parameters=parameters,
+        tags=["facesem"],
+        description="The facesem pipeline (dvc.yaml's stages as Prefect tasks), scheduled.",
+    )
 
 
 def describe_deployment(deployment, next_runs: int = 3) -> str:
@@ -345,31 +389,36 @@ def describe_deployment(deployment, next_runs: int = 3) -> str:
     from prefect.settings import PREFECT_API_URL
 
     params = load_params(project_root() / "params.yaml")
-    lines = [f"deployment: {deployment.flow_name}/{deployment.name}",
-             f"entrypoint: {deployment.entrypoint}"]
+    lines = [f"deployment: {deployment.flow_name}/{deployment.name}", f"entrypoint: {deployment.entrypoint}"]
     for item in deployment.schedules or []:
         sched = item.schedule
         if hasattr(sched, "cron"):
-            server = server_schedules.CronSchedule(cron=sched.cron, timezone=sched.timezone,
-                                                   day_or=sched.day_or)
+            server = server_schedules.CronSchedule(cron=sched.cron, timezone=sched.timezone, day_or=sched.day_or)
             what = f"cron {sched.cron!r} ({sched.timezone})"
         else:
-            server = server_schedules.IntervalSchedule(interval=sched.interval,
-                                                       anchor_date=sched.anchor_date,
-                                                       timezone=sched.timezone)
+            server = server_schedules.IntervalSchedule(
+                interval=sched.interval, anchor_date=sched.anchor_date, timezone=sched.timezone
+            )
             what = f"every {sched.interval.total_seconds():g} s ({sched.timezone})"
         dates = asyncio.run(server.get_dates(n=next_runs))
         lines.append(f"schedule:   {what}; next runs: " + ", ".join(d.isoformat() for d in dates))
     if not deployment.schedules:
-        lines.append("schedule:   none (runs only when triggered: prefect deployment run "
-                     f"'{deployment.flow_name}/{deployment.name}')")
+        lines.append(
+            "schedule:   none (runs only when triggered: prefect deployment run "
+            f"'{deployment.flow_name}/{deployment.name}')"
+        )
     lines.append("parameters: " + json.dumps(deployment.parameters))
     flow_params = params.flow
-    lines.append(f"flow:       task_runner {flow_params.task_runner} (dask_workers {flow_params.dask_workers}, "
-                 f"shards {flow_params.shards}), max_parallel {flow_params.max_parallel}, retries {flow_params.retries} "
-                 f"(per stage: {flow_params.stage_retries or '-'}), timeout_s {flow_params.timeout_s} "
-                 f"(per stage: {flow_params.stage_timeouts or '-'}); read from params.yaml at each run")
+    lines.append(
+        f"flow:       task_runner {flow_params.task_runner} (dask_workers {flow_params.dask_workers}, "
+        f"shards {flow_params.shards}), max_parallel {flow_params.max_parallel}, retries {flow_params.retries} "
+        f"(per stage: {flow_params.stage_retries or '-'}), timeout_s {flow_params.timeout_s} "
+        f"(per stage: {flow_params.stage_timeouts or '-'}); read from params.yaml at each run"
+    )
     api = PREFECT_API_URL.value()
-    lines.append(f"api:        {api}" if api else
-                 "api:        PREFECT_API_URL unset (serving needs a Prefect server: `prefect server start`)")
+    lines.append(
+        f"api:        {api}"
+        if api
+        else "api:        PREFECT_API_URL unset (serving needs a Prefect server: `prefect server start`)"
+    )
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 Downstream stages see one interface, `LatentGenerator`: `mapping(z) -> w [B, d]` (the
 single W vector the paper regresses on) and `synthesis(w) -> images [B, 3, H, W]` in [-1, 1].
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,14 +26,16 @@ def stylegan_config(gan: GanParams) -> dict[str, int]:
 
 def build_stylegan(config: dict[str, int]) -> tuple[Generator, Discriminator]:
     G = Generator(**config)
-    D = Discriminator(resolution=config["resolution"], channel_base=config["channel_base"],
-                      channel_max=config["channel_max"])
+    D = Discriminator(
+        resolution=config["resolution"], channel_base=config["channel_base"], channel_max=config["channel_max"]
+    )
     return G, D
 
 
 @dataclass
 class LatentGenerator:
     """A trained generator as later stages use it."""
+
     net: torch.nn.Module
     kind: str
     meta: dict[str, Any]
@@ -84,13 +87,22 @@ def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> L
             net, _ = build_stylegan(meta["config"])
             load_weights(net, {k: v.float() for k, v in state["G_ema"].items()}, weights, f"StyleGAN2 {meta['config']}")
         elif kind == "linear":
-            net = LinearFaceGenerator(meta["config"]["w_dim"], state["f0"], state["scale"],
-                                      meta["config"]["resolution"], asymmetry=meta["config"]["asymmetry"])
+            net = LinearFaceGenerator(
+                meta["config"]["w_dim"],
+                state["f0"],
+                state["scale"],
+                meta["config"]["resolution"],
+                asymmetry=meta["config"]["asymmetry"],
+            )
             load_weights(net, state, weights, "linear generator")
         else:
-            raise CheckpointError(f"{weights}: unknown generator kind {kind!r} in its sidecar (stylegan2 or linear "
-                                  "expected): is it a generator that train_gan exported?")
+            raise CheckpointError(
+                f"{weights}: unknown generator kind {kind!r} in its sidecar (stylegan2 or linear "
+                "expected): is it a generator that train_gan exported?"
+            )
     except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{weights}: its sidecar or weights lack {err} for a {kind} generator: is it a "
-                              "generator that train_gan exported (data/gan/generator.safetensors)?") from None
+        raise CheckpointError(
+            f"{weights}: its sidecar or weights lack {err} for a {kind} generator: is it a "
+            "generator that train_gan exported (data/gan/generator.safetensors)?"
+        ) from None
     return LatentGenerator(net.to(device).eval().requires_grad_(False), kind, meta)

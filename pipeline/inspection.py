@@ -10,15 +10,17 @@ The functions return plain values or pandas tables; `pipeline.cli.cmd_inspect` p
 Errors are `InspectError` (a ValueError) or `IncompleteArtifactError`, each naming the
 artifact, array or revision at fault.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 import math
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,11 +28,11 @@ import zarr
 
 from pipeline.artifacts import IncompleteArtifactError
 
-WORKSPACE = "workspace"              # a revision name meaning the work tree (as in `dvc metrics show`)
+WORKSPACE = "workspace"  # a revision name meaning the work tree (as in `dvc metrics show`)
 ARTIFACT_GLOB = "data/*.zarr"
 METRICS_GLOB = "data/metrics/*.json"
 PARAMS_FILE = "params.yaml"
-BLOCK_BYTES = 64 * 2**20             # statistics read at most about this much at a time
+BLOCK_BYTES = 64 * 2**20  # statistics read at most about this much at a time
 PROVENANCE_KEYS = ("stage", "params_hash", "complete", "git_rev", "created")
 
 
@@ -125,8 +127,10 @@ def resolve_revision(root: Path, rev: str) -> str:
         except (SCMError, DvcException) as err:  # e.g. an ambiguous experiment name
             raise InspectError(f"revision {rev!r}: {err}") from None
         if ref is None:
-            raise InspectError(f"unknown revision {rev!r}: neither a git revision nor a `dvc exp` "
-                               f"name in {root} (see `git log`, `dvc exp list`)")
+            raise InspectError(
+                f"unknown revision {rev!r}: neither a git revision nor a `dvc exp` "
+                f"name in {root} (see `git log`, `dvc exp list`)"
+            )
         return scm.get_ref(str(ref))
     finally:
         scm.close()
@@ -165,7 +169,7 @@ def split_address(address: str, root: Path | None = None) -> tuple[str, str | No
     parts = [p for p in posixpath.normpath(text).split("/") if p]
     for i, part in enumerate(parts):
         if part.endswith(".zarr"):
-            store, inner = parts[:i + 1], parts[i + 1:]
+            store, inner = parts[: i + 1], parts[i + 1 :]
             break
     else:
         store, inner = [parts[0] + ".zarr"], parts[1:]
@@ -193,11 +197,13 @@ def open_artifact(source: Source, rel: str, require_complete: bool = True) -> za
     except Exception as err:  # noqa: BLE001  (zarr and DVC raise several types)
         hint = "" if source.fs is None else " (are its data in the local DVC cache? `dvc fetch`)"
         raise IncompleteArtifactError(
-            f"artifact {rel} at {source.label} is not a readable Zarr group{hint}: {err}") from None
+            f"artifact {rel} at {source.label} is not a readable Zarr group{hint}: {err}"
+        ) from None
     if require_complete and group.attrs.get("complete") is not True:
         raise IncompleteArtifactError(
             f"artifact {rel} at {source.label} is incomplete (no 'complete: true' attribute; written "
-            f"by stage {group.attrs.get('stage', '?')!r}): it was interrupted; re-run that stage")
+            f"by stage {group.attrs.get('stage', '?')!r}): it was interrupted; re-run that stage"
+        )
     return group
 
 
@@ -247,7 +253,7 @@ def iter_blocks(arr: zarr.Array, budget: int = BLOCK_BYTES) -> Iterator[np.ndarr
     chunk = max(1, arr.chunks[0])
     step = max(chunk, budget // row_bytes // chunk * chunk)
     for start in range(0, arr.shape[0], step):
-        yield np.asarray(arr[start:start + step])
+        yield np.asarray(arr[start : start + step])
 
 
 def array_stats(arr: zarr.Array, budget: int = BLOCK_BYTES) -> dict[str, float]:
@@ -284,12 +290,20 @@ def artifact_rows(rel: str, group: zarr.Group) -> list[dict[str, Any]]:
     """One listing row per array: shape, dtype, chunks, stored size, producing stage, params
     hash, completeness (the columns of `pipeline.artifacts.summarize`)."""
     attrs = dict(group.attrs)
-    return [{
-        "artifact": Path(rel).name, "array": name, "shape": tuple(arr.shape), "dtype": str(arr.dtype),
-        "chunks": tuple(arr.chunks), "stored_mb": round(int(arr.nbytes_stored()) / 2**20, 2),
-        "stage": attrs.get("stage"), "params_hash": attrs.get("params_hash"),
-        "complete": attrs.get("complete") is True,
-    } for name, arr in iter_arrays(group)]
+    return [
+        {
+            "artifact": Path(rel).name,
+            "array": name,
+            "shape": tuple(arr.shape),
+            "dtype": str(arr.dtype),
+            "chunks": tuple(arr.chunks),
+            "stored_mb": round(int(arr.nbytes_stored()) / 2**20, 2),
+            "stage": attrs.get("stage"),
+            "params_hash": attrs.get("params_hash"),
+            "complete": attrs.get("complete") is True,
+        }
+        for name, arr in iter_arrays(group)
+    ]
 
 
 def listing(source: Source) -> tuple[pd.DataFrame, list[str]]:
@@ -307,10 +321,18 @@ def listing(source: Source) -> tuple[pd.DataFrame, list[str]]:
 
 def summarize_arrays(arrays: list[tuple[str, zarr.Array]]) -> pd.DataFrame:
     """shape, dtype, chunks and block-wise min / max / mean / std per array."""
-    return pd.DataFrame([{
-        "array": name, "shape": tuple(arr.shape), "dtype": str(arr.dtype), "chunks": tuple(arr.chunks),
-        **array_stats(arr),
-    } for name, arr in arrays])
+    return pd.DataFrame(
+        [
+            {
+                "array": name,
+                "shape": tuple(arr.shape),
+                "dtype": str(arr.dtype),
+                "chunks": tuple(arr.chunks),
+                **array_stats(arr),
+            }
+            for name, arr in arrays
+        ]
+    )
 
 
 def summary(source: Source, address: str) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
@@ -330,14 +352,17 @@ def summary(source: Source, address: str) -> tuple[dict[str, Any], pd.DataFrame,
 def grid_images(arr: zarr.Array, rows: int, where: str) -> np.ndarray:
     """The first `rows` images of a uint8 [N, 3, H, W] (or [N, 1, H, W]) array."""
     if np.dtype(arr.dtype) != np.uint8 or arr.ndim != 4 or arr.shape[1] not in (1, 3):
-        raise InspectError(f"{where} is {arr.dtype} {tuple(arr.shape)}: a PNG export needs uint8 "
-                           "images [N, 3, H, W]; export other arrays to .csv")
+        raise InspectError(
+            f"{where} is {arr.dtype} {tuple(arr.shape)}: a PNG export needs uint8 "
+            "images [N, 3, H, W]; export other arrays to .csv"
+        )
     images = np.asarray(arr[:rows])
     return np.repeat(images, 3, axis=1) if images.shape[1] == 1 else images
 
 
-def export_png(arr: zarr.Array, out: str | Path, rows: int | None, where: str,
-               zoom: int = 1, ncols: int | None = None) -> str:
+def export_png(
+    arr: zarr.Array, out: str | Path, rows: int | None, where: str, zoom: int = 1, ncols: int | None = None
+) -> str:
     from pipeline.images import save_grid
 
     images = grid_images(arr, rows or 16, where)
@@ -353,8 +378,9 @@ def export_png(arr: zarr.Array, out: str | Path, rows: int | None, where: str,
 def csv_table(arr: zarr.Array, rows: int | None, name: str, where: str) -> pd.DataFrame:
     """The first `rows` rows of a 1-D or 2-D array, named by its `rows` / `columns` attrs."""
     if arr.ndim not in (1, 2):
-        raise InspectError(f"{where} has shape {tuple(arr.shape)}: a CSV export needs a 1-D or 2-D "
-                           "array (images: export to .png)")
+        raise InspectError(
+            f"{where} has shape {tuple(arr.shape)}: a CSV export needs a 1-D or 2-D array (images: export to .png)"
+        )
     data = np.asarray(arr[:rows] if rows else arr[:])
     attrs = dict(arr.attrs)
     if arr.ndim == 1:
@@ -365,7 +391,7 @@ def csv_table(arr: zarr.Array, rows: int | None, name: str, where: str) -> pd.Da
         if len(columns) != arr.shape[1]:
             columns = list(range(arr.shape[1]))
     names = list(attrs.get("rows") or [])
-    index = names[:len(data)] if len(names) == arr.shape[0] else list(range(len(data)))
+    index = names[: len(data)] if len(names) == arr.shape[0] else list(range(len(data)))
     return pd.DataFrame(data, columns=columns, index=pd.Index(index, name="row"))
 
 
@@ -417,8 +443,11 @@ def is_number(value: Any) -> bool:
 def params_diff(old: dict, new: dict) -> pd.DataFrame:
     """The params keys whose values differ ('(absent)' on the side that lacks the key)."""
     a, b = flatten(old or {}, lists=False), flatten(new or {}, lists=False)
-    rows = [{"key": key, "old": a.get(key, ABSENT), "new": b.get(key, ABSENT)}
-            for key in sorted(a.keys() | b.keys()) if a.get(key, ABSENT) != b.get(key, ABSENT)]
+    rows = [
+        {"key": key, "old": a.get(key, ABSENT), "new": b.get(key, ABSENT)}
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key, ABSENT) != b.get(key, ABSENT)
+    ]
     return pd.DataFrame(rows, columns=["key", "old", "new"])
 
 
@@ -457,15 +486,18 @@ def read_metrics(source: Source) -> dict[str, dict]:
     return out
 
 
-def artifact_stats(source: Source, rel: str, name: str | None = None,
-                   cache: dict | None = None) -> dict[str, dict[str, Any]]:
+def artifact_stats(
+    source: Source, rel: str, name: str | None = None, cache: dict | None = None
+) -> dict[str, dict[str, Any]]:
     """{array: {shape, mean, std}} of one store; `cache` reuses results by DVC content hash."""
     key = (source.token(rel), name)
     if cache is not None and key[0] is not None and key in cache:
         return cache[key]
     group = open_artifact(source, rel)
-    stats = {n: {"shape": tuple(a.shape), **{k: v for k, v in array_stats(a).items() if k in ("mean", "std")}}
-             for n, a in select_arrays(group, name, f"{rel} at {source.label}")}
+    stats = {
+        n: {"shape": tuple(a.shape), **{k: v for k, v in array_stats(a).items() if k in ("mean", "std")}}
+        for n, a in select_arrays(group, name, f"{rel} at {source.label}")
+    }
     if cache is not None and key[0] is not None:
         cache[key] = stats
     return stats
@@ -478,17 +510,39 @@ def arrays_diff(old: dict[str, dict], new: dict[str, dict]) -> pd.DataFrame:
         a, b = old[artifact], new[artifact]
         for name in sorted(a.keys() | b.keys()):
             sa, sb = a.get(name, {}), b.get(name, {})
-            row = {"artifact": Path(artifact).name, "array": name,
-                   "old_shape": sa.get("shape"), "new_shape": sb.get("shape"),
-                   "old_mean": sa.get("mean", nan), "new_mean": sb.get("mean", nan),
-                   "old_std": sa.get("std", nan), "new_std": sb.get("std", nan)}
-            same = sa == sb or (sa.get("shape") == sb.get("shape") and all(
-                np.isclose(sa.get(k, nan), sb.get(k, nan), rtol=1e-12, atol=0, equal_nan=True)
-                for k in ("mean", "std")))
+            row = {
+                "artifact": Path(artifact).name,
+                "array": name,
+                "old_shape": sa.get("shape"),
+                "new_shape": sb.get("shape"),
+                "old_mean": sa.get("mean", nan),
+                "new_mean": sb.get("mean", nan),
+                "old_std": sa.get("std", nan),
+                "new_std": sb.get("std", nan),
+            }
+            same = sa == sb or (
+                sa.get("shape") == sb.get("shape")
+                and all(
+                    np.isclose(sa.get(k, nan), sb.get(k, nan), rtol=1e-12, atol=0, equal_nan=True)
+                    for k in ("mean", "std")
+                )
+            )
             row["changed"] = "" if same else "*"
             rows.append(row)
-    return pd.DataFrame(rows, columns=["artifact", "array", "old_shape", "new_shape", "old_mean",
-                                       "new_mean", "old_std", "new_std", "changed"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "artifact",
+            "array",
+            "old_shape",
+            "new_shape",
+            "old_mean",
+            "new_mean",
+            "old_std",
+            "new_std",
+            "changed",
+        ],
+    )
 
 
 @dataclass
@@ -529,16 +583,30 @@ def diff(root: Path, rev1: str, rev2: str, address: str | None = None) -> Diff:
                 per.append(None)
         if None not in per:
             stats[0][rel], stats[1][rel] = per
-    return Diff(a.label, b.label, params_diff(read_params(a), read_params(b)),
-                metrics_diff(read_metrics(a), read_metrics(b)), arrays_diff(*stats), notes)
+    return Diff(
+        a.label,
+        b.label,
+        params_diff(read_params(a), read_params(b)),
+        metrics_diff(read_metrics(a), read_metrics(b)),
+        arrays_diff(*stats),
+        notes,
+    )
 
 
 # ---------------------------------------------------------------- text
 
 
 def table_text(table: pd.DataFrame) -> str:
-    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 60,
-                           "display.float_format", "{:.6g}".format):
+    with pd.option_context(
+        "display.width",
+        250,
+        "display.max_columns",
+        30,
+        "display.max_colwidth",
+        60,
+        "display.float_format",
+        "{:.6g}".format,
+    ):
         return table.to_string(index=False)
 
 
@@ -563,8 +631,7 @@ def summary_text(source: Source, address: str) -> str:
 
 
 def diff_text(result: Diff) -> str:
-    out = [f"old = {result.old}, new = {result.new}", "",
-           f"params ({len(result.params)} changed)"]
+    out = [f"old = {result.old}, new = {result.new}", "", f"params ({len(result.params)} changed)"]
     out.append(table_text(result.params) if len(result.params) else "  (no change)")
     out += ["", f"metrics ({METRICS_GLOB}, {len(result.metrics)} numeric values changed)"]
     out.append(table_text(result.metrics) if len(result.metrics) else "  (no change)")

@@ -10,6 +10,7 @@ recycled pid is never signalled.
 `run_lock(root)` holds an exclusive lock on the checkout for the length of a run; a second run
 is refused at once, naming the pid and start time of the one that holds it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -17,9 +18,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 
@@ -35,9 +36,16 @@ def reap_children_on_exit() -> subprocess.Popen:
     """Start the watchdog for this process (see module doc); returns its Popen."""
     here = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.lifetime", str(os.getpid())], cwd="/", env=env,
-                            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, close_fds=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.lifetime", str(os.getpid())],
+        cwd="/",
+        env=env,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+    )
 
 
 def _key(p: psutil.Process) -> tuple[int, float]:
@@ -99,8 +107,10 @@ def run_lock(root: Path) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
-            raise RepositoryBusy(f"another `facesem run` ({holder}) is running on {root}: wait for it to end, "
-                                 "or stop it; two runs on one checkout would race on DVC's lock") from None
+            raise RepositoryBusy(
+                f"another `facesem run` ({holder}) is running on {root}: wait for it to end, "
+                "or stop it; two runs on one checkout would race on DVC's lock"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")

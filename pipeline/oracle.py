@@ -1,4 +1,5 @@
 """Loading the trained oracle (stage train_oracle) and measuring factors with it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,7 @@ from pipeline.datasets import to_unit
 def predict(model: FactorRegressor, images: torch.Tensor, device, batch: int = 512) -> torch.Tensor:
     """uint8 images [N, 3, r, r] -> factors [N, F] (CPU)."""
     model.eval()
-    return torch.cat([model(to_unit(images[b:b + batch]).to(device)).cpu()
-                      for b in range(0, len(images), batch)])
+    return torch.cat([model(to_unit(images[b : b + batch]).to(device)).cpu() for b in range(0, len(images), batch)])
 
 
 def load_oracle(folder: Path, device="cpu") -> tuple[FactorRegressor, list[str]]:

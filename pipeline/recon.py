@@ -3,6 +3,7 @@
 models.decomposition and models.recon_metrics compute; this module renders the evaluation
 faces, batches, summarizes and draws (the panel of Unsup3D's figures, a yaw scatter).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,9 +40,11 @@ def load_decomposer(weights: str | Path, device="cpu", allow_degenerate: bool = 
     if "config" not in meta:
         raise ValueError(f"{weights}: sidecar has no decomposer 'config'; was it written by train_recon?")
     if meta.get("degenerate") and not allow_degenerate:
-        raise ValueError(f"{weights}: train_recon marked this decomposition degenerate "
-                         f"({'; '.join(meta.get('degenerate_reasons', []))}); everything downstream would "
-                         "inherit it. Retrain (another recon.seed), or set recon.allow_degenerate: true to go on.")
+        raise ValueError(
+            f"{weights}: train_recon marked this decomposition degenerate "
+            f"({'; '.join(meta.get('degenerate_reasons', []))}); everything downstream would "
+            "inherit it. Retrain (another recon.seed), or set recon.allow_degenerate: true to go on."
+        )
     model = Decomposer(DecomposerConfig(**meta["config"]))
     load_weights(model, state, weights, f"decomposer {meta['config']}")
     return model.to(device).eval().requires_grad_(False)
@@ -77,12 +80,16 @@ def eval_faces(params: Params) -> dict[str, torch.Tensor]:
     idx = face_model.FACTOR_INDEX
     out = {"images": [], "depth": []}
     for lo in range(0, len(f), rc.eval_batch):
-        fb = f[lo:lo + rc.eval_batch]
+        fb = f[lo : lo + rc.eval_batch]
         img, _ = face_model.render_faces(fb, params.data.resolution, params.data.asymmetry)
         out["images"].append(resize(img, r) * 2 - 1)
         out["depth"].append(face_model.canonical_maps(fb, r, params.data.asymmetry)[0])
-    return {"images": torch.cat(out["images"]), "depth": torch.cat(out["depth"]),
-            "view": f[:, [idx[k] for k in VIEW_NAMES]], "light": f[:, [idx[k] for k in LIGHT_NAMES]]}
+    return {
+        "images": torch.cat(out["images"]),
+        "depth": torch.cat(out["depth"]),
+        "view": f[:, [idx[k] for k in VIEW_NAMES]],
+        "light": f[:, [idx[k] for k in LIGHT_NAMES]],
+    }
 
 
 def evaluate(decomposer: Decomposer, params: Params, device) -> tuple[dict, dict[str, np.ndarray]]:
@@ -93,9 +100,16 @@ def evaluate(decomposer: Decomposer, params: Params, device) -> tuple[dict, dict
     decomposer.eval()
     for lo in range(0, rc.n_eval, rc.eval_batch):
         sl = slice(lo, lo + rc.eval_batch)
-        parts.append(ground_truth_errors(decomposer, data["images"][sl].to(device), data["depth"][sl].to(device),
-                                         data["view"][sl].to(device), data["light"][sl].to(device),
-                                         region.to(device)))
+        parts.append(
+            ground_truth_errors(
+                decomposer,
+                data["images"][sl].to(device),
+                data["depth"][sl].to(device),
+                data["view"][sl].to(device),
+                data["light"][sl].to(device),
+                region.to(device),
+            )
+        )
     per = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
     per["true_yaw_deg"] = data["view"][:, 1].numpy()
     extreme = np.abs(per["true_yaw_deg"]) > EXTREME_YAW_DEG
@@ -107,15 +121,21 @@ def evaluate(decomposer: Decomposer, params: Params, device) -> tuple[dict, dict
 
     yaw_corr = float(np.corrcoef(per["pred_yaw_deg"], per["true_yaw_deg"])[0, 1])
     summary = {
-        "side": mean(per["side"], scored), "mad_deg": mean(per["mad_deg"], scored),
-        "yaw_mae_deg": mean(per["yaw_err_deg"]), "yaw_mae_extreme_deg": mean(per["yaw_err_deg"], extreme),
-        "pitch_mae_deg": mean(per["pitch_err_deg"]), "roll_mae_deg": mean(per["roll_err_deg"]),
+        "side": mean(per["side"], scored),
+        "mad_deg": mean(per["mad_deg"], scored),
+        "yaw_mae_deg": mean(per["yaw_err_deg"]),
+        "yaw_mae_extreme_deg": mean(per["yaw_err_deg"], extreme),
+        "pitch_mae_deg": mean(per["pitch_err_deg"]),
+        "roll_mae_deg": mean(per["roll_err_deg"]),
         "light_err_deg": mean(per["light_err_deg"]),
-        "yaw_corr": round(yaw_corr, 4), "hollow_face": bool(yaw_corr < 0),
-        "n_eval": int(rc.n_eval), "n_extreme": int(extreme.sum()), "n_unscored": int((~scored).sum()),
+        "yaw_corr": round(yaw_corr, 4),
+        "hollow_face": bool(yaw_corr < 0),
+        "n_eval": int(rc.n_eval),
+        "n_extreme": int(extreme.sum()),
+        "n_unscored": int((~scored).sum()),
         "eval_space": f"synthetic faces (pose {rc.eval_pose}, seed {rc.eval_seed}) at {rc.resolution} px; "
-                      f"SIDE and MAD in the input view over the face region; extreme: |yaw| > "
-                      f"{EXTREME_YAW_DEG:g} deg",
+        f"SIDE and MAD in the input view over the face region; extreme: |yaw| > "
+        f"{EXTREME_YAW_DEG:g} deg",
     }
     return summary, per
 
@@ -135,8 +155,13 @@ def yaw_scatter(true_yaw: np.ndarray, pred_yaw: np.ndarray, path: str | Path, ti
     ax.plot([-lim, lim], [-lim, lim], color="0.6", lw=1, label="ideal")
     ax.scatter(true_yaw[~extreme], pred_yaw[~extreme], s=5, alpha=0.6, label="|yaw| <= 45")
     ax.scatter(true_yaw[extreme], pred_yaw[extreme], s=5, alpha=0.6, color="C3", label="|yaw| > 45")
-    ax.set(xlabel="true yaw (deg)", ylabel="estimated yaw (deg)", xlim=(-lim, lim), ylim=(-lim, lim),
-           title=title or "yaw: estimated vs true")
+    ax.set(
+        xlabel="true yaw (deg)",
+        ylabel="estimated yaw (deg)",
+        xlim=(-lim, lim),
+        ylim=(-lim, lim),
+        title=title or "yaw: estimated vs true",
+    )
     ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")

@@ -3,6 +3,7 @@
 The page carries a small script that, once loaded, counts images that failed to decode and
 writes the count to `<body data-broken-images="N">`, so a headless browser can check it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,6 +36,7 @@ window.addEventListener('load', function () {
 @dataclass
 class Section:
     """One heading with its blocks (HTML strings) in order."""
+
     title: str
     blocks: list[str] = field(default_factory=list)
 
@@ -54,8 +56,10 @@ class Section:
             self.blocks.append(f'<p class="missing">missing: {html.escape(str(path))}</p>')
             return self
         data = base64.b64encode(path.read_bytes()).decode()
-        self.blocks.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-                           f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.blocks.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
         return self
 
     def table(self, frame: pd.DataFrame, caption: str = "", digits: int = 3) -> Section:
@@ -69,9 +73,11 @@ def render(title: str, subtitle: str, sections: list[Section]) -> str:
     """The whole page as one HTML string."""
     toc = "".join(f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>' for i, s in enumerate(sections))
     body = "".join(f'<h2 id="s{i}">{html.escape(s.title)}</h2>' + "".join(s.blocks) for i, s in enumerate(sections))
-    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style><script>{CHECK_IMAGES}</script></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p><ul>{toc}</ul>{body}</body></html>")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style><script>{CHECK_IMAGES}</script></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p><ul>{toc}</ul>{body}</body></html>"
+    )
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:

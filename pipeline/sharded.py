@@ -7,6 +7,7 @@
 records the outputs exactly as if `dvc repro` had run the stage. The result equals the
 single-process store (each chunk draws from a seed of its own).
 """
+
 from __future__ import annotations
 
 import shlex
@@ -32,14 +33,15 @@ def _call(cmd: list[str], root: Path, env: dict[str, str], what: str, timeout_s:
     """Run one part; past `timeout_s` its processes are stopped and StageTimeout raised."""
     from pipeline.flow import StageTimeout, stop_process_tree  # noqa: PLC0415 (flow imports this module)
 
-    with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as proc:
+    with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         try:
             out, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             stop_process_tree(proc)
-            raise StageTimeout(f"{what} ran past its time limit of {timeout_s:g} s (flow.timeout_s / "
-                               "flow.stage_timeouts, applied to each part); its processes were stopped") from None
+            raise StageTimeout(
+                f"{what} ran past its time limit of {timeout_s:g} s (flow.timeout_s / "
+                "flow.stage_timeouts, applied to each part); its processes were stopped"
+            ) from None
         except BaseException:  # cancelled or interrupted: leave nothing running
             stop_process_tree(proc)
             raise
@@ -48,8 +50,15 @@ def _call(cmd: list[str], root: Path, env: dict[str, str], what: str, timeout_s:
 
 
 @task(name="shard")
-def run_part(name: str, root: str, part: str, env: dict[str, str], force: bool = False, prepared: str = "",
-             timeout_s: float | None = None) -> str:
+def run_part(
+    name: str,
+    root: str,
+    part: str,
+    env: dict[str, str],
+    force: bool = False,
+    prepared: str = "",
+    timeout_s: float | None = None,
+) -> str:
     """One part of a sharded stage: part is 'prepare', 'i/n' or 'finalize'. `prepare` first asks
     DVC whether the stage is up to date and returns 'cached' if so; the later parts receive
     that result (`prepared`) and then do nothing."""
@@ -57,6 +66,7 @@ def run_part(name: str, root: str, part: str, env: dict[str, str], force: bool =
         return "cached"
     if part == "prepare" and not force:
         from pipeline.flow import stage_is_current  # noqa: PLC0415 (flow imports this module)
+
         if stage_is_current(name, Path(root)):
             return "cached"
     flag = ["--shard", part] if "/" in part else [f"--{part}"]
@@ -73,8 +83,16 @@ def commit_stage(name: str, root: str, dvc: list[str], env: dict[str, str], prep
     return f"{name}: ran in shards"
 
 
-def submit_sharded(name: str, root: str, shards: int, wait_for: list, dvc: list[str], env: dict[str, str],
-                   force: bool = False, flow_params=None):
+def submit_sharded(
+    name: str,
+    root: str,
+    shards: int,
+    wait_for: list,
+    dvc: list[str],
+    env: dict[str, str],
+    force: bool = False,
+    flow_params=None,
+):
     """Submit prepare -> `shards` shard tasks -> finalize -> dvc commit; returns the commit task's future.
 
     Every part gets the stage's retries and time limit from `flow_params` (params.yaml's `flow`):
@@ -88,8 +106,11 @@ def submit_sharded(name: str, root: str, shards: int, wait_for: list, dvc: list[
         return run_part.with_options(task_run_name=f"{name}-{label}", retries=retries, retry_delay_seconds=delay)
 
     prepared = part("prepare").submit(name, root, "prepare", env, force, timeout_s=timeout_s, wait_for=wait_for)
-    parts = [part(f"{i}of{shards}").submit(name, root, f"{i}/{shards}", env, force, prepared, timeout_s)
-             for i in range(shards)]
+    parts = [
+        part(f"{i}of{shards}").submit(name, root, f"{i}/{shards}", env, force, prepared, timeout_s)
+        for i in range(shards)
+    ]
     final = part("finalize").submit(name, root, "finalize", env, force, prepared, timeout_s, wait_for=parts)
     return commit_stage.with_options(task_run_name=name, retries=retries, retry_delay_seconds=delay).submit(
-        name, root, dvc, env, prepared, wait_for=[final])
+        name, root, dvc, env, prepared, wait_for=[final]
+    )

@@ -14,12 +14,14 @@ into shards reproduces the single-process store exactly. Modes (`add_shard_args`
 Each chunk's compute time is kept in `chunk_seconds`; the complete store's `seconds` attr is
 their sum (worker-seconds when sharded).
 """
+
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import zarr
@@ -34,9 +36,18 @@ def n_chunks(n: int, chunk: int) -> int:
     return -(-n // chunk)
 
 
-def run_chunked(out: Path, stage: str, section: dict[str, Any], params_hash: str, attrs: dict[str, Any],
-                layout: Callable[[zarr.Group], None], fill: Callable[[int], dict[str, np.ndarray]],
-                n: int, chunk: int, mode: Mode = None) -> None:
+def run_chunked(
+    out: Path,
+    stage: str,
+    section: dict[str, Any],
+    params_hash: str,
+    attrs: dict[str, Any],
+    layout: Callable[[zarr.Group], None],
+    fill: Callable[[int], dict[str, np.ndarray]],
+    n: int,
+    chunk: int,
+    mode: Mode = None,
+) -> None:
     """Write (part of) a chunked store; `layout(group)` creates its arrays, `fill(k)` makes chunk k."""
     count = n_chunks(n, chunk)
 
@@ -49,7 +60,7 @@ def run_chunked(out: Path, stage: str, section: dict[str, Any], params_hash: str
         for k in tqdm(chunks, desc=stage, unit="chunk"):
             started = time.perf_counter()
             for name, values in fill(k).items():
-                group[name][k * chunk:k * chunk + len(values)] = values
+                group[name][k * chunk : k * chunk + len(values)] = values
             group["chunk_seconds"][k] = time.perf_counter() - started
             group["written"][k] = True
 
@@ -74,8 +85,10 @@ def run_chunked(out: Path, stage: str, section: dict[str, Any], params_hash: str
         i, parts = mode
         group = zarr.open_group(str(out), mode="r+")
         if group.attrs.get("params_hash") != params_hash:
-            raise RuntimeError(f"{out} was prepared with params hash {group.attrs.get('params_hash')}, "
-                               f"these params have {params_hash}: run --prepare again")
+            raise RuntimeError(
+                f"{out} was prepared with params hash {group.attrs.get('params_hash')}, "
+                f"these params have {params_hash}: run --prepare again"
+            )
         write(group, range(i, count, parts))
 
 

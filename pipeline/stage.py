@@ -1,4 +1,5 @@
 """What every stage's `main` does: parse its output paths, load + validate params.yaml."""
+
 from __future__ import annotations
 
 import argparse

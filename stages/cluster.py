@@ -7,6 +7,7 @@ With synthetic faces, each component is labelled by the ground-truth region (fac
 around the face, background) that holds most of its support, and the clustering is scored
 by purity: the fraction of components whose cluster's majority region is their own.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,9 +43,14 @@ def dendrogram_figure(linkage: np.ndarray, thumbs: np.ndarray, labels: list[str]
     tree = dendrogram(linkage, labels=labels, ax=ax, leaf_rotation=90, color_threshold=None)
     ax.set_ylabel("Ward distance (1 - |cos|)")
     for x, leaf in zip(ax.get_xticks(), tree["leaves"]):
-        box = AnnotationBbox(OffsetImage(thumbs[leaf].transpose(1, 2, 0), zoom=0.6), (x, 0),
-                             xybox=(0, -38), xycoords=("data", "axes fraction"), boxcoords="offset points",
-                             frameon=False)
+        box = AnnotationBbox(
+            OffsetImage(thumbs[leaf].transpose(1, 2, 0), zoom=0.6),
+            (x, 0),
+            xybox=(0, -38),
+            xycoords=("data", "axes fraction"),
+            boxcoords="offset points",
+            frameon=False,
+        )
         ax.add_artist(box)
     fig.subplots_adjust(bottom=0.32)
     tmp = path.with_name(f".{path.stem}.tmp.png")
@@ -59,32 +65,44 @@ def run(params: Params, components: Path, out: Path, metrics: Path) -> dict:
     units = torch.from_numpy(store["unit"][:]).double()
     k = len(units)
     if k < 2:
-        raise ValueError(f"{components} keeps {k} component(s): clustering needs 2 or more "
-                         "(lower factorize.min_norm or factorize.alpha)")
+        raise ValueError(
+            f"{components} keeps {k} component(s): clustering needs 2 or more "
+            "(lower factorize.min_norm or factorize.alpha)"
+        )
     r = int(store.attrs["layout"]["depth"][-1])
-    support = torch.from_numpy(store["support"][:])                       # [K, S]
+    support = torch.from_numpy(store["support"][:])  # [K, S]
     pixels = split_maps(support.float(), r)
-    touched = (pixels[0] + pixels[1].sum(1)) > 0                          # [K, r, r] any channel
+    touched = (pixels[0] + pixels[1].sum(1)) > 0  # [K, r, r] any channel
     linkage, labels = ward_clusters(units, n_clusters=cp.n_clusters, distance=cp.distance)
     names = list(store["unit"].attrs["rows"])
-    U = torch.from_numpy(store["U"][:]).T                                  # [K, S]
+    U = torch.from_numpy(store["U"][:]).T  # [K, S]
     thumbs = to_uint8(albedo_rgb(split_maps(U, r)[1]))
     out.mkdir(parents=True, exist_ok=True)
     dendrogram_figure(linkage, thumbs, names, out / "dendrogram.png")
     clusters = sorted(set(labels.tolist()))
     unions = torch.stack([touched[torch.from_numpy(labels == c)].any(0) for c in clusters])
-    save_grid(to_uint8(unions[:, None].float().expand(-1, 3, -1, -1)), out / "supports.png", ncols=len(clusters),
-              scale=4)
+    save_grid(
+        to_uint8(unions[:, None].float().expand(-1, 3, -1, -1)), out / "supports.png", ncols=len(clusters), scale=4
+    )
     regions = face_model.region_masks(r)
     region_names = [f"region:{n}" for n in face_model.REGIONS]
-    own = region_labels(touched, torch.stack([regions[n] for n in region_names]))   # [K] index or -1
-    table = pd.DataFrame({"component": names, "cluster": labels, "norm": store["norms"][:],
-                          "region": [face_model.REGIONS[i] if i >= 0 else "" for i in own.tolist()],
-                          "support_px": touched.flatten(1).sum(1).numpy()})
+    own = region_labels(touched, torch.stack([regions[n] for n in region_names]))  # [K] index or -1
+    table = pd.DataFrame(
+        {
+            "component": names,
+            "cluster": labels,
+            "norm": store["norms"][:],
+            "region": [face_model.REGIONS[i] if i >= 0 else "" for i in own.tolist()],
+            "support_px": touched.flatten(1).sum(1).numpy(),
+        }
+    )
     table.to_csv(out / "clusters.csv", index=False)
-    result = {"n_clusters": len(clusters), "n_components": k,
-              "cluster_sizes": {str(c): int((labels == c).sum()) for c in clusters},
-              "cluster_regions": {str(c): table[table.cluster == c].region.value_counts().to_dict() for c in clusters}}
+    result = {
+        "n_clusters": len(clusters),
+        "n_components": k,
+        "cluster_sizes": {str(c): int((labels == c).sum()) for c in clusters},
+        "cluster_regions": {str(c): table[table.cluster == c].region.value_counts().to_dict() for c in clusters},
+    }
     if params.data.source == "synthetic":  # ground-truth regions exist for synthetic faces only
         truth = own.numpy()
         result["purity"] = round(float(purity(labels, truth)), 4)

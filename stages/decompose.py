@@ -6,6 +6,7 @@ canonical `depth` [N, 1, r, r] (world units) and `albedo` [N, 3, r, r] (in [0, 1
 Chunk k depends only on chunk k of latents.zarr, so `--prepare`, `--shard i/n`, `--finalize`
 reproduce the single-process store (see pipeline.sharding).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ def decompose_chunk(model: Decomposer, images: np.ndarray, batch: int, device) -
     """uint8 images [c, 3, h, w] -> semantics [c, 14], depth [c, 1, r, r], albedo [c, 3, r, r] (float32)."""
     out = {"semantics": [], "depth": [], "albedo": []}
     for b in range(0, len(images), batch):
-        x = resize(to_unit(torch.from_numpy(images[b:b + batch])).to(device), model.resolution)
+        x = resize(to_unit(torch.from_numpy(images[b : b + batch])).to(device), model.resolution)
         dec = model(x)
         out["semantics"].append(torch.cat([dec.view, dec.light], 1).cpu())
         out["depth"].append(dec.depth[:, None].cpu())
@@ -48,19 +49,33 @@ def run(params: Params, decomposer: Path, latents: Path, out: Path, mode: Mode =
     n, chunk, r = images.shape[0], images.chunks[0], model.resolution
 
     def layout(group) -> None:
-        group.create_array("semantics", shape=(n, len(SEMANTIC_NAMES)), chunks=(chunk, len(SEMANTIC_NAMES)),
-                           dtype="float32")
+        group.create_array(
+            "semantics", shape=(n, len(SEMANTIC_NAMES)), chunks=(chunk, len(SEMANTIC_NAMES)), dtype="float32"
+        )
         group["semantics"].attrs["columns"] = list(SEMANTIC_NAMES)
         group.create_array("depth", shape=(n, 1, r, r), chunks=(chunk, 1, r, r), dtype="float32")
         group.create_array("albedo", shape=(n, 3, r, r), chunks=(chunk, 3, r, r), dtype="float32")
 
     def fill(k: int) -> dict[str, np.ndarray]:
-        return decompose_chunk(model, images[k * chunk:(k + 1) * chunk], params.recon.eval_batch, device)
+        return decompose_chunk(model, images[k * chunk : (k + 1) * chunk], params.recon.eval_batch, device)
 
-    attrs = {"resolution": r, "latents_params_hash": src.attrs.get("params_hash"),
-             "semantic_names": list(SEMANTIC_NAMES)}
-    run_chunked(out, "decompose", params.recon.model_dump(), params.section_hash("recon", "latents", "gan"),
-                attrs, layout, fill, n, chunk, mode)
+    attrs = {
+        "resolution": r,
+        "latents_params_hash": src.attrs.get("params_hash"),
+        "semantic_names": list(SEMANTIC_NAMES),
+    }
+    run_chunked(
+        out,
+        "decompose",
+        params.recon.model_dump(),
+        params.section_hash("recon", "latents", "gan"),
+        attrs,
+        layout,
+        fill,
+        n,
+        chunk,
+        mode,
+    )
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ with `--components` (stage factorize's store) components.csv / `components`: for
 component the oracle factor it moves most per unit s (in stds of that factor) and the runner-up.
 Factors the oracle measures with R^2 below `oracle.r2_threshold` are flagged in every table.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,14 +50,20 @@ class Measure:
 
     @torch.no_grad()
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
-        images = torch.cat([torch.from_numpy(to_uint8(self.gen.synthesis(w[b:b + self.batch].to(self.device))
-                                                       .clamp(-1, 1) * 0.5 + 0.5))
-                            for b in range(0, len(w), self.batch)])
+        images = torch.cat(
+            [
+                torch.from_numpy(
+                    to_uint8(self.gen.synthesis(w[b : b + self.batch].to(self.device)).clamp(-1, 1) * 0.5 + 0.5)
+                )
+                for b in range(0, len(w), self.batch)
+            ]
+        )
         return predict(self.oracle, images, self.device, self.batch)[:, self.columns]
 
 
-def edit_quality(measure: Measure, w: torch.Tensor, units: torch.Tensor, sigma: torch.Tensor, scale: float,
-                 std: torch.Tensor) -> torch.Tensor:
+def edit_quality(
+    measure: Measure, w: torch.Tensor, units: torch.Tensor, sigma: torch.Tensor, scale: float, std: torch.Tensor
+) -> torch.Tensor:
     """Mean movement [k, m] of each measured semantic per unit s along each direction, in stds of the semantic."""
     rows = []
     for v, s in tqdm(list(zip(units, sigma)), desc="edit quality", unit="direction"):
@@ -70,17 +77,28 @@ def component_factors(edit: torch.Tensor, names: list[str], factor_names: list[s
     result = {}
     for name, row in zip(names, edit):
         order = row.abs().argsort(descending=True).tolist()
-        result[name] = {"moves": factor_names[order[0]], "std_per_s": round(float(row[order[0]]), 4),
-                        "runner_up": factor_names[order[1]] if len(order) > 1 else "",
-                        "runner_up_std_per_s": round(float(row[order[1]]), 4) if len(order) > 1 else 0.0}
+        result[name] = {
+            "moves": factor_names[order[0]],
+            "std_per_s": round(float(row[order[0]]), 4),
+            "runner_up": factor_names[order[1]] if len(order) > 1 else "",
+            "runner_up_std_per_s": round(float(row[order[1]]), 4) if len(order) > 1 else 0.0,
+        }
     return result
 
 
-def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out: Path, metrics: Path,
-        components: Path | None = None) -> dict:
+def run(
+    params: Params,
+    generator: Path,
+    oracle_dir: Path,
+    directions: Path,
+    out: Path,
+    metrics: Path,
+    components: Path | None = None,
+) -> dict:
     start, ev = time.perf_counter(), params.evaluate
-    oracle_meta = load_checkpoint(oracle_dir / "oracle.safetensors")[1] if (oracle_dir / "oracle.safetensors").is_file() \
-        else None
+    oracle_meta = (
+        load_checkpoint(oracle_dir / "oracle.safetensors")[1] if (oracle_dir / "oracle.safetensors").is_file() else None
+    )
     if oracle_meta is None:
         result = {"skipped": True, "reason": "no oracle (real data has no ground-truth factors to train one)"}
         out.mkdir(parents=True, exist_ok=True)
@@ -97,18 +115,20 @@ def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out
         raise ValueError(f"the oracle in {oracle_dir} does not measure {[n for n, i in zip(names, sel) if i < 0]}")
     g = torch.Generator().manual_seed(ev.seed)
     z = torch.randn(ev.n_samples, gen.z_dim, generator=g)
-    w = torch.cat([gen.mapping(z[b:b + ev.batch_size].to(device)).cpu() for b in range(0, len(z), ev.batch_size)])
+    w = torch.cat([gen.mapping(z[b : b + ev.batch_size].to(device)).cpu() for b in range(0, len(z), ev.batch_size)])
     log.info("measuring %d generations with the oracle", len(w))
     y_all = measure(w)  # [n, F]: every factor the oracle measures
     y, std_all = y_all[:, sel], y_all.std(0).clamp_min(1e-8)  # [n, 14], [F]
     table2 = pearson(w @ units.T, y)  # [directions, semantics]
     flagged = [n for n in names if n in oracle_meta.get("flagged", [])]
     half = len(w) // 2  # InterFaceGAN: fit on one half, score on the other
-    peers = {"ours": table2.diagonal().abs(),
-             "ganspace": best_abs_corr(w, ganspace(w, ev.peers_k), y),
-             "sefa": best_abs_corr(w, sefa(gen.first_modulation().cpu().float(), ev.peers_k), y),
-             "interfacegan": pearson(w[half:] @ interfacegan(w[:half], y[:half]).T, y[half:]).diagonal().abs()}
-    edit = edit_quality(measure, w[:ev.edit_samples], units, sigma, ev.edit_scale, std_all)[:, sel]
+    peers = {
+        "ours": table2.diagonal().abs(),
+        "ganspace": best_abs_corr(w, ganspace(w, ev.peers_k), y),
+        "sefa": best_abs_corr(w, sefa(gen.first_modulation().cpu().float(), ev.peers_k), y),
+        "interfacegan": pearson(w[half:] @ interfacegan(w[:half], y[:half]).T, y[half:]).diagonal().abs(),
+    }
+    edit = edit_quality(measure, w[: ev.edit_samples], units, sigma, ev.edit_scale, std_all)[:, sel]
     off = ~torch.eye(len(names), dtype=torch.bool)
 
     def named(row) -> dict:
@@ -118,21 +138,34 @@ def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out
         "table2": {d: named(row) for d, row in zip(names, table2)},
         "table2_diag_mean_abs": round(float(table2.diagonal().abs().mean()), 4),
         "table2_offdiag_mean_abs": round(float(table2.abs()[off].mean()), 4),
-        "oracle_r2": oracle_meta.get("oracle_r2", {}), "flagged": flagged,
+        "oracle_r2": oracle_meta.get("oracle_r2", {}),
+        "flagged": flagged,
         "peers": {m: named(v) for m, v in peers.items()},
-        "edit": {d: {"target_std_per_s": round(float(edit[i, i]), 4),
-                     "leakage_std_per_s": round(float(edit[i][off[i]].abs().mean()), 4)}
-                 for i, d in enumerate(names)},
-        "generated_pose_std_deg": {n: round(float(y[:, names.index(n)].std()), 3) for n in ("yaw", "pitch", "roll")
-                                   if n in names},  # spread of the generations' pose (oracle); data: faces.json
-        "n_samples": ev.n_samples, "generator_kind": gen.kind,
+        "edit": {
+            d: {
+                "target_std_per_s": round(float(edit[i, i]), 4),
+                "leakage_std_per_s": round(float(edit[i][off[i]].abs().mean()), 4),
+            }
+            for i, d in enumerate(names)
+        },
+        "generated_pose_std_deg": {
+            n: round(float(y[:, names.index(n)].std()), 3) for n in ("yaw", "pitch", "roll") if n in names
+        },  # spread of the generations' pose (oracle); data: faces.json
+        "n_samples": ev.n_samples,
+        "generator_kind": gen.kind,
         "space": "Pearson r over fresh samples of w . v_hat against oracle-measured semantics of G(w)",
     }
     comp_store = open_store(components) if components is not None and components.exists() else None
     if comp_store is not None and comp_store["unit"].shape[0]:  # which factor each localized component moves
         comp_names = list(comp_store["unit"].attrs["rows"])
-        comp_edit = edit_quality(measure, w[:ev.edit_samples], torch.from_numpy(comp_store["unit"][:]),
-                                 torch.from_numpy(comp_store["sigma_w"][:]), ev.edit_scale, std_all)
+        comp_edit = edit_quality(
+            measure,
+            w[: ev.edit_samples],
+            torch.from_numpy(comp_store["unit"][:]),
+            torch.from_numpy(comp_store["sigma_w"][:]),
+            ev.edit_scale,
+            std_all,
+        )
         result["components"] = component_factors(comp_edit, comp_names, measure.names)
     if gen.kind == "linear":
         truth = unit(gen.net.directions[[face_model.FACTOR_INDEX[n] for n in names]].cpu())
@@ -140,9 +173,11 @@ def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out
     out.mkdir(parents=True, exist_ok=True)
     flag = ["flagged" if n in flagged else "" for n in names]
     pd.DataFrame(table2.numpy(), index=names, columns=names).round(4).assign(oracle_flag=flag).to_csv(
-        out / "table2.csv", index_label="direction")
+        out / "table2.csv", index_label="direction"
+    )
     pd.DataFrame({m: v.numpy() for m, v in peers.items()}, index=names).round(4).assign(oracle_flag=flag).to_csv(
-        out / "peers.csv", index_label="semantic")
+        out / "peers.csv", index_label="semantic"
+    )
     pd.DataFrame(result["edit"]).T.assign(oracle_flag=flag).to_csv(out / "edit.csv", index_label="direction")
     if "components" in result:
         pd.DataFrame(result["components"]).T.to_csv(out / "components.csv", index_label="component")
@@ -152,10 +187,18 @@ def run(params: Params, generator: Path, oracle_dir: Path, directions: Path, out
 
 
 def main() -> None:
-    args, params = stage_args(__doc__.splitlines()[0], ["generator", "oracle", "directions", "out", "metrics",
-                                                         "components"])
-    result = run(params, Path(args.generator), Path(args.oracle), Path(args.directions), Path(args.out),
-                 Path(args.metrics), Path(args.components))
+    args, params = stage_args(
+        __doc__.splitlines()[0], ["generator", "oracle", "directions", "out", "metrics", "components"]
+    )
+    result = run(
+        params,
+        Path(args.generator),
+        Path(args.oracle),
+        Path(args.directions),
+        Path(args.out),
+        Path(args.metrics),
+        Path(args.components),
+    )
     print({k: v for k, v in result.items() if not isinstance(v, dict)})
 
 

@@ -6,6 +6,7 @@ depth/albedo for the first `data.n_eval` faces and the region masks. `data.sourc
 ingests a folder of real, roughly aligned face photos into the same layout (no ground
 truth) and lists the files it skipped, with the reason, in the report CSV.
 """
+
 from __future__ import annotations
 
 import csv
@@ -47,24 +48,29 @@ def write_synthetic(params: Params, out: Path) -> dict:
     factors = face_model.sample_factors(d.n_images, torch.Generator().manual_seed(d.seed), pose=d.pose)
     n, res, n_eval = d.n_images, d.resolution, min(d.n_eval, d.n_images)
     regions = face_model.region_masks(res)
-    with write_store(out, "faces", d.model_dump(), params.section_hash("data"), source="synthetic",
-                     resolution=res, n=n) as group:
-        images = group.create_array("images", shape=(n, 3, res, res), chunks=(d.chunk, 3, res, res),
-                                    dtype="uint8")
+    with write_store(
+        out, "faces", d.model_dump(), params.section_hash("data"), source="synthetic", resolution=res, n=n
+    ) as group:
+        images = group.create_array("images", shape=(n, 3, res, res), chunks=(d.chunk, 3, res, res), dtype="uint8")
         group.create_array("factors", data=factors.numpy(), chunks=(d.chunk, factors.shape[1]))
         group["factors"].attrs["columns"] = list(face_model.FACTOR_NAMES)
         group.create_array("regions", data=np.stack([m.numpy() for m in regions.values()]))
         group["regions"].attrs["names"] = list(regions)
-        gt_depth = group.create_array("gt/depth", shape=(n_eval, res, res), dtype="float32",
-                                      chunks=(min(d.chunk, max(n_eval, 1)), res, res))
-        gt_albedo = group.create_array("gt/albedo", shape=(n_eval, 3, res, res), dtype="float32",
-                                       chunks=(min(d.chunk, max(n_eval, 1)), 3, res, res))
+        gt_depth = group.create_array(
+            "gt/depth", shape=(n_eval, res, res), dtype="float32", chunks=(min(d.chunk, max(n_eval, 1)), res, res)
+        )
+        gt_albedo = group.create_array(
+            "gt/albedo",
+            shape=(n_eval, 3, res, res),
+            dtype="float32",
+            chunks=(min(d.chunk, max(n_eval, 1)), 3, res, res),
+        )
         with torch.no_grad(), tqdm(total=n, desc="faces", unit="img") as bar:
             for lo in range(0, n, d.chunk):  # chunk-aligned writes
                 hi = min(lo + d.chunk, n)
                 block = []
                 for b in range(lo, hi, d.batch_size):
-                    f = factors[b:min(b + d.batch_size, hi)].to(device)
+                    f = factors[b : min(b + d.batch_size, hi)].to(device)
                     img, _, depth, albedo = face_model.render_faces(f, res, d.asymmetry, return_maps=True)
                     block.append(to_uint8(img))
                     if b < n_eval:
@@ -74,9 +80,14 @@ def write_synthetic(params: Params, out: Path) -> dict:
                     bar.update(len(f))
                 images[lo:hi] = np.concatenate(block)
     yaw = factors[:, face_model.FACTOR_NAMES.index("yaw")].numpy()
-    return {"n_images": n, "n_skipped": 0, "source": "synthetic", "resolution": res,
-            "yaw_std_deg": round(float(yaw.std()), 3),
-            "frac_abs_yaw_gt_45": round(float((np.abs(yaw) > 45).mean()), 4)}
+    return {
+        "n_images": n,
+        "n_skipped": 0,
+        "source": "synthetic",
+        "resolution": res,
+        "yaw_std_deg": round(float(yaw.std()), 3),
+        "frac_abs_yaw_gt_45": round(float((np.abs(yaw) > 45).mean()), 4),
+    }
 
 
 def ingest_folder(params: Params, out: Path) -> tuple[dict, list[Skipped]]:
@@ -92,15 +103,26 @@ def ingest_folder(params: Params, out: Path) -> tuple[dict, list[Skipped]]:
     for s in skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
     if not kept:
-        raise ValueError(f"data.path {d.path!r}: no usable images among {len(files)} files "
-                         f"(suffixes {', '.join(('jpg', 'jpeg', 'png', 'webp'))}; "
-                         f"{len(skipped)} skipped)")
+        raise ValueError(
+            f"data.path {d.path!r}: no usable images among {len(files)} files "
+            f"(suffixes {', '.join(('jpg', 'jpeg', 'png', 'webp'))}; "
+            f"{len(skipped)} skipped)"
+        )
     images = np.stack(kept)
-    with write_store(out, "faces", d.model_dump(), params.section_hash("data"), source="folder",
-                     resolution=d.resolution, n=len(images)) as group:
+    with write_store(
+        out,
+        "faces",
+        d.model_dump(),
+        params.section_hash("data"),
+        source="folder",
+        resolution=d.resolution,
+        n=len(images),
+    ) as group:
         group.create_array("images", data=images, chunks=(d.chunk, *images.shape[1:]))
-    return ({"n_images": len(images), "n_skipped": len(skipped), "source": "folder",
-             "resolution": d.resolution}, skipped)
+    return (
+        {"n_images": len(images), "n_skipped": len(skipped), "source": "folder", "resolution": d.resolution},
+        skipped,
+    )
 
 
 def write_report(path: Path, skipped: list[Skipped]) -> None:

@@ -9,6 +9,7 @@ named comp00, comp01, ... so `facesem edit --direction comp00` works), `sigma_w`
 maps.png (per component its depth change, red/blue, and albedo change) and edits.png
 (one row per component, s in [-edit_scale, edit_scale], Fig. 7).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,9 @@ from pipeline.stage import stage_args
 log = logging.getLogger("stages.factorize")
 
 
-def run(params: Params, directions: Path, latents: Path, generator: Path, out: Path, figures: Path,
-        metrics: Path) -> dict:
+def run(
+    params: Params, directions: Path, latents: Path, generator: Path, out: Path, figures: Path, metrics: Path
+) -> dict:
     start, fp = time.perf_counter(), params.factorize
     store = open_store(directions)
     if "jacobian" not in store:
@@ -47,17 +49,32 @@ def run(params: Params, directions: Path, latents: Path, generator: Path, out: P
         part_scales = [1.0 / float(jac.norm())] * 2
         jac = jac * part_scales[0]
     kw = {"lr": fp.adam_lr} if fp.solver == "adam" else {}
-    fac = factorize(jac, fp.components, fp.alpha, fp.beta, solver=fp.solver, iters=fp.iters, tol=fp.tol,
-                    init=fp.init, seed=fp.seed, **kw)
+    fac = factorize(
+        jac,
+        fp.components,
+        fp.alpha,
+        fp.beta,
+        solver=fp.solver,
+        iters=fp.iters,
+        tol=fp.tol,
+        init=fp.init,
+        seed=fp.seed,
+        **kw,
+    )
     U, V, norms, keep = prune_and_order(fac.U, fac.V, fp.min_norm)
     units = V.T.contiguous()  # [K, d]
     lat = open_store(latents)
     sig = projection_std(lat["w"], units) if len(units) else torch.zeros(0)
     names = [f"comp{i:02d}" for i in range(len(units))]
     support = supports(U, fp.support_frac) if len(units) else torch.zeros(0, jac.shape[0], dtype=torch.bool)
-    attrs = {"layout": dict(store["jacobian"].attrs["layout"]), "part_scales": [float(x) for x in part_scales],
-             "solver": fp.solver, "iterations": fac.iterations, "converged": fac.converged,
-             "directions_params_hash": store.attrs.get("params_hash")}
+    attrs = {
+        "layout": dict(store["jacobian"].attrs["layout"]),
+        "part_scales": [float(x) for x in part_scales],
+        "solver": fp.solver,
+        "iterations": fac.iterations,
+        "converged": fac.converged,
+        "directions_params_hash": store.attrs.get("params_hash"),
+    }
     with write_store(out, "factorize", fp.model_dump(), params.section_hash("factorize"), **attrs) as group:
         group.create_array("unit", data=units.float().numpy(), chunks=(max(len(units), 1), units.shape[1]))
         group.create_array("sigma_w", data=sig.float().numpy(), chunks=(max(len(units), 1),))
@@ -76,9 +93,15 @@ def run(params: Params, directions: Path, latents: Path, generator: Path, out: P
             scales = np.linspace(-fp.edit_scale, fp.edit_scale, fp.edit_steps).tolist()
             rows = [edit_grid(gen, units[i].float(), float(sig[i]), [fp.seed], scales) for i in range(shown)]
             save_grid(np.concatenate(rows), figures / "edits.png", ncols=len(scales), scale=2)
-    result = {"kept": len(units), "components": fp.components, "objective": round(float(fac.trace[-1]), 6),
-              "iterations": fac.iterations, "converged": bool(fac.converged), "solver": fp.solver,
-              "support_px_mean": round(float(support.sum(1).float().mean()), 1) if len(units) else 0.0}
+    result = {
+        "kept": len(units),
+        "components": fp.components,
+        "objective": round(float(fac.trace[-1]), 6),
+        "iterations": fac.iterations,
+        "converged": bool(fac.converged),
+        "solver": fp.solver,
+        "support_px_mean": round(float(support.sum(1).float().mean()), 1) if len(units) else 0.0,
+    }
     if gen.kind == "linear" and len(units):  # exact ground truth: the generator's localized directions
         truth = gen.net.directions[[face_model.FACTOR_INDEX[n] for n in face_model.LOCAL_NAMES]].cpu()
         best = match_directions(units.float(), truth.float())
@@ -90,10 +113,18 @@ def run(params: Params, directions: Path, latents: Path, generator: Path, out: P
 
 
 def main() -> None:
-    args, params = stage_args(__doc__.splitlines()[0], ["directions", "latents", "generator", "out", "figures",
-                                                         "metrics"])
-    result = run(params, Path(args.directions), Path(args.latents), Path(args.generator), Path(args.out),
-                 Path(args.figures), Path(args.metrics))
+    args, params = stage_args(
+        __doc__.splitlines()[0], ["directions", "latents", "generator", "out", "figures", "metrics"]
+    )
+    result = run(
+        params,
+        Path(args.directions),
+        Path(args.latents),
+        Path(args.generator),
+        Path(args.out),
+        Path(args.figures),
+        Path(args.metrics),
+    )
     print({k: v for k, v in result.items() if not isinstance(v, dict)})
 
 

@@ -1,4 +1,5 @@
 """Stage `preview`: a grid of the first faces of data/faces.zarr as a PNG, to look at."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from pipeline.stage import stage_args
 
 def run(params: Params, faces: Path, out: Path) -> Path:
     images = open_store(faces)["images"]
-    n = min(params.preview.grid ** 2, images.shape[0])
+    n = min(params.preview.grid**2, images.shape[0])
     return save_grid(images[:n], out, ncols=params.preview.grid, scale=params.preview.scale)
 
 

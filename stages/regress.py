@@ -5,6 +5,7 @@ gives the 14 univariate directions (with unit vectors, sigma_w = std of w.v_hat 
 samples, and R^2 of the pair fit) and, with `regress.jacobian`, the Jacobian J [S, d] of every
 canonical depth and albedo pixel (S = 4 r^2: depth, then albedo R, G, B, each r x r).
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,10 +32,10 @@ def chunks(latents, semantics, size: int, with_maps: bool, dropped: list[int] | 
     """
     n = latents["w"].shape[0]
     for lo in range(0, n, size):
-        w = torch.from_numpy(latents["w"][lo:lo + size]).double()
-        y = [torch.from_numpy(semantics["semantics"][lo:lo + size]).double()]
+        w = torch.from_numpy(latents["w"][lo : lo + size]).double()
+        y = [torch.from_numpy(semantics["semantics"][lo : lo + size]).double()]
         if with_maps:
-            y += [torch.from_numpy(semantics[m][lo:lo + size]).double().flatten(1) for m in ("depth", "albedo")]
+            y += [torch.from_numpy(semantics[m][lo : lo + size]).double().flatten(1) for m in ("depth", "albedo")]
         y = torch.cat(y, 1)
         finite = torch.isfinite(w).all(1) & torch.isfinite(y).all(1)
         if not finite.all():
@@ -49,25 +50,34 @@ def solve(params: Params, latents, semantics) -> dict[str, torch.Tensor]:
     rg = params.regress
     n, d = latents["w"].shape
     if semantics["semantics"].shape[0] != n:
-        raise ValueError(f"semantics.zarr has {semantics['semantics'].shape[0]} rows, latents.zarr {n}: "
-                         "they must come from the same sample_latents run (re-run decompose)")
+        raise ValueError(
+            f"semantics.zarr has {semantics['semantics'].shape[0]} rows, latents.zarr {n}: "
+            "they must come from the same sample_latents run (re-run decompose)"
+        )
     k = semantics["semantics"].shape[1]
     s = int(np.prod(semantics["depth"].shape[1:]) + np.prod(semantics["albedo"].shape[1:])) if rg.jacobian else 0
     eq = NormalEquations(d, k + s)
     size = max(rg.chunk - rg.chunk % latents["w"].chunks[0], latents["w"].chunks[0])  # chunk-aligned reads
     dropped: list[int] = []
-    pairs = stream_pairs(chunks(latents, semantics, size, rg.jacobian, dropped), rg.scheme,
-                         torch.Generator().manual_seed(rg.seed))
+    pairs = stream_pairs(
+        chunks(latents, semantics, size, rg.jacobian, dropped), rg.scheme, torch.Generator().manual_seed(rg.seed)
+    )
     with tqdm(total=n, desc="regress", unit="sample") as bar:
         for dw, dy in pairs:
             eq.add(dw, dy)
             bar.update(len(dw))
     if dropped:
-        log.warning("regress: %d of %d samples have non-finite measurements or w and were left out "
-                    "(first indices: %s)", len(dropped), n, dropped[:10])
+        log.warning(
+            "regress: %d of %d samples have non-finite measurements or w and were left out (first indices: %s)",
+            len(dropped),
+            n,
+            dropped[:10],
+        )
     if eq.n < 2:
-        raise ValueError(f"regress: only {eq.n} usable pairs ({len(dropped)} of {n} samples non-finite, first "
-                         f"indices {dropped[:10]}): check semantics.zarr (decompose) and latents.zarr")
+        raise ValueError(
+            f"regress: only {eq.n} usable pairs ({len(dropped)} of {n} samples non-finite, first "
+            f"indices {dropped[:10]}): check semantics.zarr (decompose) and latents.zarr"
+        )
     ridge = rg.ridge * float(eq.gram.diagonal().mean())
     v = eq.solve(ridge)  # [d, k + S]
     r2 = eq.r2(v)
@@ -84,35 +94,54 @@ def run(params: Params, latents_path: Path, semantics_path: Path, out: Path, met
     fit = solve(params, latents, semantics)
     v = fit["directions"]
     sig = projection_std(latents["w"], v, rg.chunk)
-    flagged = {n: "constant: it does not vary over the samples, so no direction explains it (R^2 undefined)"
-               for n, r in zip(names, fit["r2"]) if not torch.isfinite(r)}
+    flagged = {
+        n: "constant: it does not vary over the samples, so no direction explains it (R^2 undefined)"
+        for n, r in zip(names, fit["r2"])
+        if not torch.isfinite(r)
+    }
     for name, why in flagged.items():
         log.warning("regress: semantic %s is %s", name, why)
     if not (torch.isfinite(v).all() and torch.isfinite(sig).all()):
-        raise FloatingPointError("regress: a direction or sigma_w is not finite after dropping non-finite samples; "
-                                 "nothing was written")
-    attrs = {"semantic_names": names, "n_pairs": fit["n_pairs"], "w_dim": v.shape[1], "flagged": flagged,
-             "n_dropped": len(fit["dropped"]), "dropped_first": fit["dropped"][:100],
-             "latents_params_hash": latents.attrs.get("params_hash"),
-             "semantics_params_hash": semantics.attrs.get("params_hash")}
+        raise FloatingPointError(
+            "regress: a direction or sigma_w is not finite after dropping non-finite samples; nothing was written"
+        )
+    attrs = {
+        "semantic_names": names,
+        "n_pairs": fit["n_pairs"],
+        "w_dim": v.shape[1],
+        "flagged": flagged,
+        "n_dropped": len(fit["dropped"]),
+        "dropped_first": fit["dropped"][:100],
+        "latents_params_hash": latents.attrs.get("params_hash"),
+        "semantics_params_hash": semantics.attrs.get("params_hash"),
+    }
     with write_store(out, "regress", rg.model_dump(), params.section_hash("regress"), **attrs) as group:
-        group.create_array("directions", data=v.float().numpy())        # [14, d] Eq. 3 solutions
-        group.create_array("unit", data=unit(v).float().numpy())         # [14, d]
-        group.create_array("sigma_w", data=sig.float().numpy())          # [14]
-        group.create_array("r2", data=fit["r2"].float().numpy())         # [14]
+        group.create_array("directions", data=v.float().numpy())  # [14, d] Eq. 3 solutions
+        group.create_array("unit", data=unit(v).float().numpy())  # [14, d]
+        group.create_array("sigma_w", data=sig.float().numpy())  # [14]
+        group.create_array("r2", data=fit["r2"].float().numpy())  # [14]
         for name in ("directions", "unit", "sigma_w", "r2"):
             group[name].attrs["rows"] = names
         if rg.jacobian:
             r = semantics["depth"].shape[-1]
             jac = fit["jacobian"].float().numpy()
             group.create_array("jacobian", data=jac, chunks=(min(len(jac), 4096), jac.shape[1]))  # [S, d]
-            group["jacobian"].attrs["layout"] = {"depth": [1, r, r], "albedo": [3, r, r],
-                                                 "order": "depth then albedo, row-major per map"}
+            group["jacobian"].attrs["layout"] = {
+                "depth": [1, r, r],
+                "albedo": [3, r, r],
+                "order": "depth then albedo, row-major per map",
+            }
             group.create_array("jacobian_r2", data=fit["jacobian_r2"].float().numpy())
-    result = {"r2": {n: round(float(x), 4) if torch.isfinite(x) else None for n, x in zip(names, fit["r2"])},
-              "sigma_w": {n: round(float(x), 5) for n, x in zip(names, sig)}, "flagged": flagged,
-              "n_pairs": fit["n_pairs"], "n_dropped": len(fit["dropped"]), "scheme": rg.scheme, "ridge": rg.ridge,
-              "seconds": round(time.perf_counter() - start, 2)}
+    result = {
+        "r2": {n: round(float(x), 4) if torch.isfinite(x) else None for n, x in zip(names, fit["r2"])},
+        "sigma_w": {n: round(float(x), 5) for n, x in zip(names, sig)},
+        "flagged": flagged,
+        "n_pairs": fit["n_pairs"],
+        "n_dropped": len(fit["dropped"]),
+        "scheme": rg.scheme,
+        "ridge": rg.ridge,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     if rg.jacobian:
         result["jacobian_r2_mean"] = round(float(fit["jacobian_r2"].nanmean()), 4)
     write_json(metrics, result)

@@ -6,6 +6,7 @@ curves, and writes `--out`: index.html (images embedded), summary.md (the headli
 the Prefect flow run's artifacts) and the PNGs it drew. An output a stage did not produce is
 shown as missing (named), not silently dropped.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,12 @@ def read_csv(path: Path, index: str) -> pd.DataFrame | None:
 def git_revision(root: Path) -> str:
     """Short HEAD, with '+dirty' when tracked files differ from it; 'unknown' outside git."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -116,62 +119,94 @@ def run(params: Params, data: Path, out: Path) -> dict:
     sections, summary = [], []
 
     run_info = Section("What was run")
-    run_info.text(f"git revision {git_revision(root)}; params hash {params.section_hash()}; generator kind "
-                  f"{params.gan.kind}; device {params.device}; report written "
-                  f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}.")
+    run_info.text(
+        f"git revision {git_revision(root)}; params hash {params.section_hash()}; generator kind "
+        f"{params.gan.kind}; device {params.device}; report written "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}."
+    )
     times = stage_times(metrics, stages, data)
-    run_info.table(times, "Seconds per stage, as each stage records them (sample_latents, decompose: summed over "
-                          "chunks; blank: none recorded)", 1)
-    run_info.blocks.append("<details><summary>params.yaml (resolved)</summary><pre>"
-                           + json.dumps(params.model_dump(), indent=1) + "</pre></details>")
+    run_info.table(
+        times,
+        "Seconds per stage, as each stage records them (sample_latents, decompose: summed over "
+        "chunks; blank: none recorded)",
+        1,
+    )
+    run_info.blocks.append(
+        "<details><summary>params.yaml (resolved)</summary><pre>"
+        + json.dumps(params.model_dump(), indent=1)
+        + "</pre></details>"
+    )
     sections.append(run_info)
 
     samples = Section("Data and generations")
     samples.image(data / "previews" / "faces.png", "Training faces (data/faces.zarr)")
     samples.image(data / "gan" / "samples.png", f"Generations of the {params.gan.kind} generator (fixed seeds)")
-    curves = curves_figure(data / "gan_run" / "curves.csv", "kimg", ["loss_G", "loss_D", "decorr", "mean_abs_rho"],
-                           out / "gan_curves.png", "GAN training")
+    curves = curves_figure(
+        data / "gan_run" / "curves.csv",
+        "kimg",
+        ["loss_G", "loss_D", "decorr", "mean_abs_rho"],
+        out / "gan_curves.png",
+        "GAN training",
+    )
     if curves:
         samples.image(curves, "GAN training curves (data/gan_run/curves.csv; `dvc plots show` draws them too)")
     sections.append(samples)
 
-    table1 = pd.DataFrame({k: [gan.get(k)] for k in ("kimg", "fid", "ppl", "mean_abs_rho") if k in gan},
-                          index=["ours"]).rename_axis("model")
+    table1 = pd.DataFrame(
+        {k: [gan.get(k)] for k in ("kimg", "fid", "ppl", "mean_abs_rho") if k in gan}, index=["ours"]
+    ).rename_axis("model")
     t1 = Section("Table 1: GAN quality").table(table1, "FID, PPL and W's mean |correlation|")
     spaces = "; ".join(f"{k}: {v}" for k, v in gan.items() if k.endswith("_space"))
-    t1.text(f"Feature spaces: {spaces or 'not recorded'}. Small-sample figures on our faces: not comparable to "
-            "published FFHQ numbers.", reading=True)
+    t1.text(
+        f"Feature spaces: {spaces or 'not recorded'}. Small-sample figures on our faces: not comparable to "
+        "published FFHQ numbers.",
+        reading=True,
+    )
     sections.append(t1)
     summary.append("## Table 1: GAN quality\n\n" + markdown_table(table1))
 
     rec = Section("3D decomposition (Fig. 2 and 5)")
     if recon.get("degenerate"):
-        rec.warning("DEGENERATE decomposition: " + "; ".join(recon.get("degenerate_reasons", []))
-                    + ". Every direction below inherits it.")
+        rec.warning(
+            "DEGENERATE decomposition: "
+            + "; ".join(recon.get("degenerate_reasons", []))
+            + ". Every direction below inherits it."
+        )
     elif "degenerate" in recon:
-        rec.text(f"Verdict: healthy (no collapse sign on the probe images; exported step "
-                 f"{recon.get('exported_step')}).", reading=True)
+        rec.text(
+            f"Verdict: healthy (no collapse sign on the probe images; exported step {recon.get('exported_step')}).",
+            reading=True,
+        )
     for r in recon.get("recoveries", []):
-        rec.warning(f"Collapse at step {r['step']} ({'; '.join(r['reasons'])}); training restarted from step "
-                    f"{r['restart_step']} with seed {r['seed']}.")
-    rec.image(data / "recon" / "panel.png", "Input, reconstruction, canonical albedo, canonical depth (shaded), "
-              "confidence")
+        rec.warning(
+            f"Collapse at step {r['step']} ({'; '.join(r['reasons'])}); training restarted from step "
+            f"{r['restart_step']} with seed {r['seed']}."
+        )
+    rec.image(
+        data / "recon" / "panel.png", "Input, reconstruction, canonical albedo, canonical depth (shaded), confidence"
+    )
     rec.image(data / "recon" / "yaw_scatter.png", "Estimated against true yaw on rendered faces (Fig. 5)")
     keys = ["side", "mad_deg", "yaw_mae_deg", "yaw_mae_extreme_deg", "light_err_deg"]
     rec_table = pd.DataFrame({k: [recon.get(k)] for k in keys if k in recon}, index=["ours"]).rename_axis("model")
     rec.table(rec_table, "Against ground truth on rendered synthetic faces", 4)
     if "side" in recon:
-        rec.text(f"SIDE {recon['side']:.4f} and MAD {recon['mad_deg']:.1f} deg (Unsup3D on its synthetic faces: "
-                 f"0.0079, 16.5 deg); yaw error {recon.get('yaw_mae_deg', float('nan')):.1f} deg overall, "
-                 f"{recon.get('yaw_mae_extreme_deg', float('nan')):.1f} deg where |yaw| > 45 deg.", reading=True)
+        rec.text(
+            f"SIDE {recon['side']:.4f} and MAD {recon['mad_deg']:.1f} deg (Unsup3D on its synthetic faces: "
+            f"0.0079, 16.5 deg); yaw error {recon.get('yaw_mae_deg', float('nan')):.1f} deg overall, "
+            f"{recon.get('yaw_mae_extreme_deg', float('nan')):.1f} deg where |yaw| > 45 deg.",
+            reading=True,
+        )
     sections.append(rec)
 
     uni = Section("Univariate manipulations (Fig. 1 and 4)")
     edits = out / "univariate_edits.png"
     try:
         labels = univariate_edits(params, data, edits)
-        uni.image(edits, f"Eq. 4 edits, s from -{params.report.scale:g} to {params.report.scale:g} sigma_w; rows: "
-                  + ", ".join(labels))
+        uni.image(
+            edits,
+            f"Eq. 4 edits, s from -{params.report.scale:g} to {params.report.scale:g} sigma_w; rows: "
+            + ", ".join(labels),
+        )
     except (FileNotFoundError, KeyError, ValueError) as err:
         uni.text(f"not drawn: {err}")
     sections.append(uni)
@@ -180,9 +215,12 @@ def run(params: Params, data: Path, out: Path) -> dict:
     t2 = Section("Table 2, extended: Pearson r of w.v with the oracle's measurement")
     if table2 is not None:
         t2.table(table2, "Rows: learned directions; columns: measured semantics (paper: yaw 0.9458, pitch 0.7647)")
-        t2.text(f"Diagonal mean |r| {ev.get('table2_diag_mean_abs', float('nan')):.3f}, off-diagonal "
-                f"{ev.get('table2_offdiag_mean_abs', float('nan')):.3f} (paper: off-diagonal mostly under 0.13); "
-                f"oracle-flagged factors: {', '.join(ev.get('flagged', [])) or 'none'}.", reading=True)
+        t2.text(
+            f"Diagonal mean |r| {ev.get('table2_diag_mean_abs', float('nan')):.3f}, off-diagonal "
+            f"{ev.get('table2_offdiag_mean_abs', float('nan')):.3f} (paper: off-diagonal mostly under 0.13); "
+            f"oracle-flagged factors: {', '.join(ev.get('flagged', [])) or 'none'}.",
+            reading=True,
+        )
         diag = pd.DataFrame({"r": [table2.loc[n, n] for n in table2.index]}, index=table2.index)
         summary.append("## Table 2 (diagonal)\n\n" + markdown_table(diag))
     else:
@@ -205,23 +243,40 @@ def run(params: Params, data: Path, out: Path) -> dict:
     loc.image(data / "clusters" / "dendrogram.png", "Ward clustering on 1 - |cos(v_i, v_j)| with albedo thumbnails")
     loc.image(data / "clusters" / "supports.png", "Union of supports per flat cluster")
     loc.image(data / "factorize" / "edits.png", "Edits along each component, s in [-4, 4] (Fig. 7)")
-    loc.text(f"{fact.get('kept', '?')} of {fact.get('components', '?')} components kept; {clus.get('n_clusters', '?')} "
-             f"clusters, purity {clus.get('purity', 'n/a')}"
-             + (f"; true localized factors matched above 0.9: {fact['localized_matched_frac']:.0%}"
-                if "localized_matched_frac" in fact else "") + ".", reading=True)
+    loc.text(
+        f"{fact.get('kept', '?')} of {fact.get('components', '?')} components kept; {clus.get('n_clusters', '?')} "
+        f"clusters, purity {clus.get('purity', 'n/a')}"
+        + (
+            f"; true localized factors matched above 0.9: {fact['localized_matched_frac']:.0%}"
+            if "localized_matched_frac" in fact
+            else ""
+        )
+        + ".",
+        reading=True,
+    )
     if "components" in ev:
-        loc.table(pd.DataFrame(ev["components"]).T.rename_axis("component"),
-                  "The oracle factor each component moves most (std per unit s) and the runner-up")
+        loc.table(
+            pd.DataFrame(ev["components"]).T.rename_axis("component"),
+            "The oracle factor each component moves most (std per unit s) and the runner-up",
+        )
     sections.append(loc)
 
-    page = render("facesem report", "Unsupervised disentanglement of linear-encoded facial semantics "
-                  "(Zheng et al., CVPR 2021), reproduced by this pipeline.", sections)
+    page = render(
+        "facesem report",
+        "Unsupervised disentanglement of linear-encoded facial semantics "
+        "(Zheng et al., CVPR 2021), reproduced by this pipeline.",
+        sections,
+    )
     tmp = out / ".index.html.tmp"
     tmp.write_text(page)
     tmp.replace(out / "index.html")
     (out / "summary.md").write_text("\n\n".join(summary) + "\n")
-    result = {"sections": len(sections), "bytes": len(page), "missing": page.count('class="missing"'),
-              "seconds": round(time.perf_counter() - start, 2)}
+    result = {
+        "sections": len(sections),
+        "bytes": len(page),
+        "missing": page.count('class="missing"'),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     log.info("wrote %s (%d bytes, %d missing inputs)", out / "index.html", result["bytes"], result["missing"])
     return result
 

@@ -4,6 +4,7 @@ Sample i of chunk k depends only on (latents.seed, k), so shards reproduce the s
 store exactly: `--shard i/n` fills chunks k = i, i+n, ... of a store made by `--prepare`,
 and `--finalize` checks every chunk is written and seals the store.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ def sample_chunk(gen: LatentGenerator, params: Params, k: int, device) -> dict[s
     ws, images = [], []
     with torch.no_grad():
         for b in range(0, hi - lo, lat.batch_size):
-            zb = z[b:b + lat.batch_size].to(device)
+            zb = z[b : b + lat.batch_size].to(device)
             w = gen.mapping(zb, lat.truncation_psi)
             ws.append(w.cpu())
             images.append(to_uint8(gen.synthesis(w).clamp(-1, 1) * 0.5 + 0.5))
@@ -44,6 +45,7 @@ def _layout(gen: LatentGenerator, params: Params):
         group.create_array("z", shape=(lat.n, gen.z_dim), chunks=(lat.chunk, gen.z_dim), dtype="float32")
         group.create_array("w", shape=(lat.n, gen.w_dim), chunks=(lat.chunk, gen.w_dim), dtype="float32")
         group.create_array("images", shape=(lat.n, 3, r, r), chunks=(lat.chunk, 3, r, r), dtype="uint8")
+
     return layout
 
 
@@ -51,11 +53,23 @@ def run(params: Params, generator: Path, out: Path, mode: Mode = None) -> None:
     """Write latents.zarr (mode: see pipeline.sharding)."""
     device = select_device(params.device)
     gen = load_generator(generator, device)
-    attrs = {"generator_kind": gen.kind, "generator_params_hash": gen.meta.get("params_hash"),
-             "resolution": gen.resolution}
-    run_chunked(out, "sample_latents", params.latents.model_dump(), params.section_hash("latents", "gan"),
-                attrs, _layout(gen, params), lambda k: sample_chunk(gen, params, k, device),
-                params.latents.n, params.latents.chunk, mode)
+    attrs = {
+        "generator_kind": gen.kind,
+        "generator_params_hash": gen.meta.get("params_hash"),
+        "resolution": gen.resolution,
+    }
+    run_chunked(
+        out,
+        "sample_latents",
+        params.latents.model_dump(),
+        params.section_hash("latents", "gan"),
+        attrs,
+        _layout(gen, params),
+        lambda k: sample_chunk(gen, params, k, device),
+        params.latents.n,
+        params.latents.chunk,
+        mode,
+    )
 
 
 def main() -> None:

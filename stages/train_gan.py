@@ -5,6 +5,7 @@ its working state in `--run` (checkpoints, per-snapshot sample grids, curves.csv
 persists, so an interrupted run resumes from its newest checkpoint instead of restarting.
 A checkpoint is reused only if it was made with the same gan params and the same faces data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,25 +25,60 @@ from models.gan_metrics import feature_statistics, frechet_distance, path_length
 from models.gan_training import GANTrainer
 from models.linear_generator import LinearFaceGenerator
 from pipeline.artifacts import open_store, write_json
-from pipeline.checkpoints import (CheckpointError, changed_keys, latest_checkpoint, load_checkpoint, load_weights,
-                                  prune_checkpoints, read_curves, save_checkpoint, set_aside, write_curves)
+from pipeline.checkpoints import (
+    CheckpointError,
+    changed_keys,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    prune_checkpoints,
+    read_curves,
+    save_checkpoint,
+    set_aside,
+    write_curves,
+)
 from pipeline.datasets import load_images, resize_uint8, to_unit
 from pipeline.device import select_device
-from pipeline.distributed import (World, average_gradients, barrier, broadcast_parameters, parameter_digest, setup,
-                                  teardown)
+from pipeline.distributed import (
+    World,
+    average_gradients,
+    barrier,
+    broadcast_parameters,
+    parameter_digest,
+    setup,
+    teardown,
+)
 from pipeline.generators import build_stylegan, load_generator, stylegan_config
-from pipeline.inception import FEATURE_SPACE, inception_features, inception_sq_distance
 from pipeline.images import save_grid, to_uint8
+from pipeline.inception import FEATURE_SPACE, inception_features, inception_sq_distance
 from pipeline.params import Params
 from pipeline.stage import stage_args
 
 log = logging.getLogger("stages.train_gan")
 # gan params that do not change the training trajectory: a run extended by a larger `kimg`
 # (or with other snapshot/logging settings) resumes from its checkpoints
-NOT_TRAJECTORY = {"kimg", "snapshot_kimg", "log_every", "keep_checkpoints", "grid", "metric_samples",
-                  "fid_samples", "ppl_samples"}
-CURVE_KEYS = ("kimg", "loss_G", "loss_D", "loss_D_real", "loss_D_fake", "decorr", "mean_abs_rho",
-              "r1_penalty", "pl_penalty", "img_per_s")
+NOT_TRAJECTORY = {
+    "kimg",
+    "snapshot_kimg",
+    "log_every",
+    "keep_checkpoints",
+    "grid",
+    "metric_samples",
+    "fid_samples",
+    "ppl_samples",
+}
+CURVE_KEYS = (
+    "kimg",
+    "loss_G",
+    "loss_D",
+    "loss_D_real",
+    "loss_D_fake",
+    "decorr",
+    "mean_abs_rho",
+    "r1_penalty",
+    "pl_penalty",
+    "img_per_s",
+)
 
 
 def trajectory(params: Params) -> dict:
@@ -58,7 +94,7 @@ def trajectory_hash(params: Params) -> str:
 def grid_latents(params: Params, z_dim: int, device) -> torch.Tensor:
     """Fixed z for sample grids (same across snapshots and runs)."""
     g = torch.Generator().manual_seed(params.gan.seed + 1)
-    return torch.randn(params.gan.grid ** 2, z_dim, generator=g).to(device)
+    return torch.randn(params.gan.grid**2, z_dim, generator=g).to(device)
 
 
 def export(out: Path, state: dict, meta: dict, samples: torch.Tensor, grid: int) -> Path:
@@ -73,8 +109,10 @@ def export(out: Path, state: dict, meta: dict, samples: torch.Tensor, grid: int)
 def w_statistics(gen, n: int, seed: int, device) -> dict:
     z = torch.randn(n, gen.z_dim, generator=torch.Generator().manual_seed(seed + 2)).to(device)
     w = gen.mapping(z)
-    return {"mean_abs_rho": round(float(mean_abs_rho(w)), 5),
-            "mean_abs_rho_space": f"W = F(z) of the exported generator, {n} samples, |Pearson rho| over pairs"}
+    return {
+        "mean_abs_rho": round(float(mean_abs_rho(w)), 5),
+        "mean_abs_rho_space": f"W = F(z) of the exported generator, {n} samples, |Pearson rho| over pairs",
+    }
 
 
 def quality_metrics(gen, reals: torch.Tensor, params: Params, device) -> dict:
@@ -85,20 +123,24 @@ def quality_metrics(gen, reals: torch.Tensor, params: Params, device) -> dict:
         n = min(gan.fid_samples, len(reals))
         real = to_unit(reals[torch.randperm(len(reals), generator=g)[:n]])
         z = torch.randn(n, gen.z_dim, generator=g).to(device)
-        fake = torch.cat([gen.synthesis(gen.mapping(z[b:b + 64])).cpu() for b in range(0, n, 64)])
+        fake = torch.cat([gen.synthesis(gen.mapping(z[b : b + 64])).cpu() for b in range(0, n, 64)])
         stats = [feature_statistics(inception_features(x, device)) for x in (real, fake)]
-        out.update(fid=round(frechet_distance(*stats[0], *stats[1]), 3), fid_samples=n,
-                   fid_space=f"{FEATURE_SPACE}; {n} reals vs {n} generations at {gen.resolution} px "
-                             "(small-sample FID: biased upward, compare only at equal n)")
+        out.update(
+            fid=round(frechet_distance(*stats[0], *stats[1]), 3),
+            fid_samples=n,
+            fid_space=f"{FEATURE_SPACE}; {n} reals vs {n} generations at {gen.resolution} px "
+            "(small-sample FID: biased upward, compare only at equal n)",
+        )
     else:
         out.update(fid=None, fid_space="skipped (gan.fid_samples = 0)")
     if gan.ppl_samples:
         z = torch.randn(2 * gan.ppl_samples, gen.z_dim, generator=g).to(device)
-        lengths = path_length(gen.mapping, gen.synthesis, partial(inception_sq_distance, device=device), z,
-                              generator=g)
-        out.update(ppl=round(ppl_summary(lengths), 3),
-                   ppl_space=f"W, end sampling, eps 1e-4, {gan.ppl_samples} pairs, squared L2 of "
-                             f"{FEATURE_SPACE} (no LPIPS offline)")
+        lengths = path_length(gen.mapping, gen.synthesis, partial(inception_sq_distance, device=device), z, generator=g)
+        out.update(
+            ppl=round(ppl_summary(lengths), 3),
+            ppl_space=f"W, end sampling, eps 1e-4, {gan.ppl_samples} pairs, squared L2 of "
+            f"{FEATURE_SPACE} (no LPIPS offline)",
+        )
     else:
         out.update(ppl=None, ppl_space="skipped (gan.ppl_samples = 0)")
     return out
@@ -111,19 +153,28 @@ def run_linear(params: Params, faces: Path, out: Path) -> dict:
         raise ValueError("gan.kind=linear needs ground-truth factors: set data.source=synthetic")
     factors = torch.from_numpy(group["factors"][:])
     gan = params.gan
-    net = LinearFaceGenerator(gan.w_dim, factors.mean(0), factors.std(0), gan.resolution,
-                              seed=gan.seed, asymmetry=params.data.asymmetry)
-    meta = {"kind": "linear", "config": {"w_dim": gan.w_dim, "resolution": gan.resolution,
-                                         "asymmetry": params.data.asymmetry},
-            "params_hash": params.section_hash("gan"), "faces_params_hash": group.attrs["params_hash"],
-            "factor_names": group["factors"].attrs["columns"], "kimg": 0}
+    net = LinearFaceGenerator(
+        gan.w_dim, factors.mean(0), factors.std(0), gan.resolution, seed=gan.seed, asymmetry=params.data.asymmetry
+    )
+    meta = {
+        "kind": "linear",
+        "config": {"w_dim": gan.w_dim, "resolution": gan.resolution, "asymmetry": params.data.asymmetry},
+        "params_hash": params.section_hash("gan"),
+        "faces_params_hash": group.attrs["params_hash"],
+        "factor_names": group["factors"].attrs["columns"],
+        "kimg": 0,
+    }
     with torch.no_grad():
         samples = net(grid_latents(params, gan.w_dim, "cpu"))
     weights = export(out, net.state_dict(), meta, samples, gan.grid)
     gen = load_generator(weights)
     reals = torch.from_numpy(group["images"][: gan.fid_samples])
-    return {"kind": "linear", "kimg": 0, **w_statistics(gen, gan.metric_samples, gan.seed, "cpu"),
-            **quality_metrics(gen, resize_uint8(reals, gan.resolution), params, "cpu")}
+    return {
+        "kind": "linear",
+        "kimg": 0,
+        **w_statistics(gen, gan.metric_samples, gan.seed, "cpu"),
+        **quality_metrics(gen, resize_uint8(reals, gan.resolution), params, "cpu"),
+    }
 
 
 def initial_state(params: Params, G, D, faces_hash: str) -> None:
@@ -137,15 +188,23 @@ def initial_state(params: Params, G, D, faces_hash: str) -> None:
         raise type(err)(f"gan.init: {err}") from None
     wanted = stylegan_config(params.gan)
     if meta.get("config") != wanted:
-        raise ValueError(f"gan.init {init} holds a generator with config {meta.get('config')}; params ask "
-                         f"for {wanted}: match the gan section to it, or set gan.init: scratch")
+        raise ValueError(
+            f"gan.init {init} holds a generator with config {meta.get('config')}; params ask "
+            f"for {wanted}: match the gan section to it, or set gan.init: scratch"
+        )
     if "G_ema" not in state or "D" not in state:
-        raise ValueError(f"gan.init {init} is not an exported G_ema + D checkpoint (it holds {sorted(state)}: "
-                         "a training snapshot?); point it at the generator.safetensors that train_gan "
-                         "exports at the end of a run (data/gan/)")
+        raise ValueError(
+            f"gan.init {init} is not an exported G_ema + D checkpoint (it holds {sorted(state)}: "
+            "a training snapshot?); point it at the generator.safetensors that train_gan "
+            "exports at the end of a run (data/gan/)"
+        )
     if meta.get("faces_params_hash") not in (None, faces_hash):
-        log.warning("gan.init %s was trained on faces data with params hash %s; today's data has %s",
-                    init, meta.get("faces_params_hash"), faces_hash)
+        log.warning(
+            "gan.init %s was trained on faces data with params hash %s; today's data has %s",
+            init,
+            meta.get("faces_params_hash"),
+            faces_hash,
+        )
     load_weights(G, {k: v.float() for k, v in state["G_ema"].items()}, init, f"StyleGAN2 G {wanted}")
     load_weights(D, {k: v.float() for k, v in state["D"].items()}, init, f"StyleGAN2 D {wanted}")
     log.info("initialised from %s (%s kimg)", init, meta.get("kimg"))
@@ -166,11 +225,21 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
     initial_state(params, G, D, faces_attrs["params_hash"])
     G, D = G.to(device), D.to(device)
     broadcast_parameters(G, D)  # identical replicas (no-op in one process)
-    trainer = GANTrainer(G, D, batch_size=rank_batch, lr=gan.lr, r1_gamma=gan.r1_gamma,
-                         r1_interval=gan.r1_interval, pl_weight=gan.pl_weight,
-                         pl_interval=gan.pl_interval, style_mixing_prob=gan.style_mixing_prob,
-                         ema_kimg=gan.ema_kimg, decorr_weight=gan.decorr_weight,
-                         decorr_batch_size=gan.decorr_batch_size or None, seed=gan.seed)
+    trainer = GANTrainer(
+        G,
+        D,
+        batch_size=rank_batch,
+        lr=gan.lr,
+        r1_gamma=gan.r1_gamma,
+        r1_interval=gan.r1_interval,
+        pl_weight=gan.pl_weight,
+        pl_interval=gan.pl_interval,
+        style_mixing_prob=gan.style_mixing_prob,
+        ema_kimg=gan.ema_kimg,
+        decorr_weight=gan.decorr_weight,
+        decorr_batch_size=gan.decorr_batch_size or None,
+        seed=gan.seed,
+    )
     sampler = torch.Generator().manual_seed(gan.seed)
     ckpt_dir, curves = run_dir / "checkpoints", run_dir / "curves.csv"
     shown = 0  # real images shown in this run
@@ -193,20 +262,32 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = read_curves(curves, "kimg", shown / 1000)
     z_grid = grid_latents(params, gan.z_dim, device)
-    meta_base = {"kind": "stylegan2", "config": config, "params_hash": params.section_hash("gan"),
-                 "run_hash": run_hash, "faces_params_hash": faces_attrs["params_hash"], "trajectory": run_params,
-                 "init": gan.init, "device": str(device), "torch": torch.__version__}
+    meta_base = {
+        "kind": "stylegan2",
+        "config": config,
+        "params_hash": params.section_hash("gan"),
+        "run_hash": run_hash,
+        "faces_params_hash": faces_attrs["params_hash"],
+        "trajectory": run_params,
+        "init": gan.init,
+        "device": str(device),
+        "torch": torch.__version__,
+    }
 
     def snapshot() -> None:
         state = {"trainer": trainer.state_dict(), "sampler": sampler.get_state()}
-        save_checkpoint(ckpt_dir, trainer.step_count, state, {**meta_base, "shown": shown,
-                                                              "kimg": shown / 1000})
+        save_checkpoint(ckpt_dir, trainer.step_count, state, {**meta_base, "shown": shown, "kimg": shown / 1000})
         prune_checkpoints(ckpt_dir, gan.keep_checkpoints)
         with torch.no_grad():
-            samples = trainer.G_ema.synthesis(trainer.G_ema.mapping(z_grid, broadcast=False,
-                                                                    update_w_avg=False), noise_mode="const")
-        save_grid(to_uint8(samples * 0.5 + 0.5), run_dir / "samples" / f"kimg-{shown / 1000:09.3f}.png",
-                  ncols=gan.grid, scale=2)
+            samples = trainer.G_ema.synthesis(
+                trainer.G_ema.mapping(z_grid, broadcast=False, update_w_avg=False), noise_mode="const"
+            )
+        save_grid(
+            to_uint8(samples * 0.5 + 0.5),
+            run_dir / "samples" / f"kimg-{shown / 1000:09.3f}.png",
+            ncols=gan.grid,
+            scale=2,
+        )
         write_curves(curves, rows, CURVE_KEYS)
 
     total, next_snap, t0, n0 = int(gan.kimg * 1000), 0.0, time.perf_counter(), shown
@@ -219,15 +300,20 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
                 stats = trainer.step(to_unit(reals[idx]).to(device))
             except FloatingPointError as err:
                 kept = latest_checkpoint(ckpt_dir)
-                raise SystemExit(f"train_gan: training diverged at {shown / 1000:.2f} kimg ({err}); "
-                                 f"the last good checkpoint is kept: {kept}") from None
+                raise SystemExit(
+                    f"train_gan: training diverged at {shown / 1000:.2f} kimg ({err}); "
+                    f"the last good checkpoint is kept: {kept}"
+                ) from None
             shown += gan.batch_size
             last.update(stats)
             bar.update(gan.batch_size)
             if trainer.step_count % gan.log_every == 0:
                 speed = (shown - n0) / (time.perf_counter() - t0)
-                row = {"kimg": round(shown / 1000, 3), "img_per_s": round(speed, 2),
-                       **{k: round(float(last.get(k, float("nan"))), 5) for k in CURVE_KEYS[1:-1]}}
+                row = {
+                    "kimg": round(shown / 1000, 3),
+                    "img_per_s": round(speed, 2),
+                    **{k: round(float(last.get(k, float("nan"))), 5) for k in CURVE_KEYS[1:-1]},
+                }
                 rows.append(row)
                 bar.set_postfix(G=row["loss_G"], D=row["loss_D"], rho=row["mean_abs_rho"])
             if shown / 1000 >= next_snap or shown >= total:
@@ -236,24 +322,35 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
                 next_snap += gan.snapshot_kimg
     if world.main and not latest_checkpoint(ckpt_dir):
         snapshot()  # kimg = 0: still export something loadable
-    log.info("rank %d of %d: %d images per step, %d steps, parameters sha256 %s%s", world.rank, world.size,
-             rank_batch, trainer.step_count, parameter_digest(trainer.G, trainer.D, trainer.G_ema),
-             "" if world.main else " (writes nothing)")
+    log.info(
+        "rank %d of %d: %d images per step, %d steps, parameters sha256 %s%s",
+        world.rank,
+        world.size,
+        rank_batch,
+        trainer.step_count,
+        parameter_digest(trainer.G, trainer.D, trainer.G_ema),
+        "" if world.main else " (writes nothing)",
+    )
     if not world.main:
         return {}
     G_ema, D = trainer.G_ema, trainer.D
-    export_state = {"G_ema": {k: v.half() for k, v in G_ema.state_dict().items()},
-                    "D": {k: v.half() for k, v in D.state_dict().items()}}
+    export_state = {
+        "G_ema": {k: v.half() for k, v in G_ema.state_dict().items()},
+        "D": {k: v.half() for k, v in D.state_dict().items()},
+    }
     with torch.no_grad():
-        samples = G_ema.synthesis(G_ema.mapping(z_grid, broadcast=False, update_w_avg=False),
-                                  noise_mode="const")
-    weights = export(out, export_state, {**meta_base, "kimg": trainer.nimg / 1000, "shown": shown},
-                     samples, gan.grid)
+        samples = G_ema.synthesis(G_ema.mapping(z_grid, broadcast=False, update_w_avg=False), noise_mode="const")
+    weights = export(out, export_state, {**meta_base, "kimg": trainer.nimg / 1000, "shown": shown}, samples, gan.grid)
     gen = load_generator(weights, device)
     speed = (shown - n0) / max(time.perf_counter() - t0, 1e-9)
-    return {"kind": "stylegan2", "kimg": round(shown / 1000, 3), "img_per_s": round(speed, 2), "ranks": world.size,
-            **w_statistics(gen, gan.metric_samples, gan.seed, device),
-            **quality_metrics(gen, reals, params, device)}
+    return {
+        "kind": "stylegan2",
+        "kimg": round(shown / 1000, 3),
+        "img_per_s": round(speed, 2),
+        "ranks": world.size,
+        **w_statistics(gen, gan.metric_samples, gan.seed, device),
+        **quality_metrics(gen, reals, params, device),
+    }
 
 
 def run(params: Params, faces: Path, out: Path, run_dir: Path, metrics: Path) -> dict:

@@ -4,6 +4,7 @@ It measures the ground-truth semantics of GAN generations (at the GAN's resoluti
 the paper's external 3D landmarker, but for every factor. Reports held-out R^2 per factor
 and flags those below `oracle.r2_threshold`. With real data (no factors) it is skipped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,9 +45,9 @@ def train(params: Params, images: torch.Tensor, factors: torch.Tensor, device) -
         for _ in range(o.epochs):
             perm = fit[torch.randperm(len(fit), generator=g)]
             for b in range(len(fit) // o.batch_size):
-                idx = perm[b * o.batch_size:(b + 1) * o.batch_size]
+                idx = perm[b * o.batch_size : (b + 1) * o.batch_size]
                 x = to_unit(images[idx]).to(device)
-                y = ((factors[idx].to(device) - model.mean) / model.std)
+                y = (factors[idx].to(device) - model.mean) / model.std
                 loss = F.mse_loss(model.standardized(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -62,8 +63,11 @@ def run(params: Params, faces: Path, out: Path, metrics: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     group = open_store(faces)
     if "factors" not in group:
-        log.warning("train_oracle skipped: faces.zarr has no ground-truth factors (data.source=%s); "
-                    "the oracle needs synthetic data", group.attrs.get("source"))
+        log.warning(
+            "train_oracle skipped: faces.zarr has no ground-truth factors (data.source=%s); "
+            "the oracle needs synthetic data",
+            group.attrs.get("source"),
+        )
         result = {"skipped": True, "reason": "no ground-truth factors (real data)"}
         write_json(out / "oracle.json", result)
         write_json(metrics, result)
@@ -75,12 +79,24 @@ def run(params: Params, faces: Path, out: Path, metrics: Path) -> dict:
     model, r2 = train(params, images, torch.from_numpy(group["factors"][:]), device)
     oracle_r2 = {n: round(float(v), 4) for n, v in zip(names, r2)}
     flagged = [n for n, v in oracle_r2.items() if v < params.oracle.r2_threshold]
-    meta = {"factor_names": names, "resolution": params.gan.resolution, "width": params.oracle.width,
-            "faces_params_hash": attrs["params_hash"], "params_hash": params.section_hash("oracle", "gan"),
-            "oracle_r2": oracle_r2, "flagged": flagged, "r2_threshold": params.oracle.r2_threshold}
+    meta = {
+        "factor_names": names,
+        "resolution": params.gan.resolution,
+        "width": params.oracle.width,
+        "faces_params_hash": attrs["params_hash"],
+        "params_hash": params.section_hash("oracle", "gan"),
+        "oracle_r2": oracle_r2,
+        "flagged": flagged,
+        "r2_threshold": params.oracle.r2_threshold,
+    }
     save_checkpoint(out, 0, model.state_dict(), meta, name="oracle")
-    result = {"oracle_r2": oracle_r2, "flagged": flagged, "r2_threshold": params.oracle.r2_threshold,
-              "resolution": params.gan.resolution, "seconds": round(time.perf_counter() - start, 1)}
+    result = {
+        "oracle_r2": oracle_r2,
+        "flagged": flagged,
+        "r2_threshold": params.oracle.r2_threshold,
+        "resolution": params.gan.resolution,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     write_json(metrics, result)
     return result
 

@@ -13,6 +13,7 @@ seed (`recon.max_recoveries` times, then the stage fails naming the signs); the 
 snapshot, not the last, is exported. `recon.json` records the verdict (`degenerate`, `reasons`,
 `recoveries`, `exported_step`); `decompose` refuses a decomposer marked degenerate.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,12 +31,27 @@ from models.decomposition import SEMANTIC_NAMES, Decomposer, resize
 from models.recon_health import HealthMonitor, probe
 from models.recon_training import ReconTrainer
 from pipeline.artifacts import open_store, write_json
-from pipeline.checkpoints import (changed_keys, latest_checkpoint, load_checkpoint, prune_checkpoints, read_curves,
-                                  save_checkpoint, set_aside, write_curves)
+from pipeline.checkpoints import (
+    changed_keys,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    read_curves,
+    save_checkpoint,
+    set_aside,
+    write_curves,
+)
 from pipeline.datasets import load_images, to_unit
 from pipeline.device import select_device
-from pipeline.distributed import (World, average_gradients, barrier, broadcast_parameters, parameter_digest, setup,
-                                  teardown)
+from pipeline.distributed import (
+    World,
+    average_gradients,
+    barrier,
+    broadcast_parameters,
+    parameter_digest,
+    setup,
+    teardown,
+)
 from pipeline.generators import load_generator
 from pipeline.images import save_grid
 from pipeline.params import Params
@@ -44,8 +60,19 @@ from pipeline.stage import stage_args
 
 log = logging.getLogger("stages.train_recon")
 # recon params that do not change the training trajectory (a longer run resumes)
-NOT_TRAJECTORY = {"steps", "snapshot_steps", "log_every", "keep_checkpoints", "panel_images", "eval_pose",
-                  "n_eval", "eval_seed", "eval_batch", "max_recoveries", "allow_degenerate"}
+NOT_TRAJECTORY = {
+    "steps",
+    "snapshot_steps",
+    "log_every",
+    "keep_checkpoints",
+    "panel_images",
+    "eval_pose",
+    "n_eval",
+    "eval_seed",
+    "eval_batch",
+    "max_recoveries",
+    "allow_degenerate",
+}
 CURVE_KEYS = ("step", "total", "recon", "recon_flip", "mutual", "n_augmented", "yaw_updates", "img_per_s")
 
 
@@ -68,9 +95,9 @@ class Batches:
         else:
             self.images, attrs = load_images(faces, rc.resolution)
             self.source_id = attrs["params_hash"]
-            self.panel_images = to_unit(self.images[:rc.panel_images]).to(device)
+            self.panel_images = to_unit(self.images[: rc.panel_images]).to(device)
             pick = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(rc.seed + 2))
-            self.probe_images = to_unit(self.images[pick[:rc.probe_images]]).to(device)
+            self.probe_images = to_unit(self.images[pick[: rc.probe_images]]).to(device)
 
     @torch.no_grad()
     def _generate(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,24 +134,46 @@ def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
         log.info("recon.yaw_augment ignored: it needs generations (recon.train_on=generator)")
     torch.manual_seed(rc.seed)
     model = Decomposer(decomposer_config(rc)).to(device)
-    return ReconTrainer(model, lr=rc.lr, weight_decay=rc.weight_decay, flip_weight=rc.flip_weight,
-                        swap_prob=rc.swap_prob, generate=batches.synthesize if augment else None,
-                        yaw_augment=augment, yaw_every=rc.yaw_every, yaw_start=rc.yaw_start, yaw_momentum=rc.yaw_momentum,
-                        yaw_scale=rc.yaw_scale, yaw_fraction=rc.yaw_fraction, seed=rc.seed,
-                        invalid_cost=rc.invalid_cost, yaw_limit_deg=rc.yaw_limit_deg,
-                        mirror_weight=rc.mirror_weight)
+    return ReconTrainer(
+        model,
+        lr=rc.lr,
+        weight_decay=rc.weight_decay,
+        flip_weight=rc.flip_weight,
+        swap_prob=rc.swap_prob,
+        generate=batches.synthesize if augment else None,
+        yaw_augment=augment,
+        yaw_every=rc.yaw_every,
+        yaw_start=rc.yaw_start,
+        yaw_momentum=rc.yaw_momentum,
+        yaw_scale=rc.yaw_scale,
+        yaw_fraction=rc.yaw_fraction,
+        seed=rc.seed,
+        invalid_cost=rc.invalid_cost,
+        yaw_limit_deg=rc.yaw_limit_deg,
+        mirror_weight=rc.mirror_weight,
+    )
 
 
-HEALTH_KEYS = ("step", "probe_loss", "valid_frac", "recon_contrast", "albedo_std", "yaw_std_deg",
-               "yaw_flip_bias_deg", "convexity", "verdict")
+HEALTH_KEYS = (
+    "step",
+    "probe_loss",
+    "valid_frac",
+    "recon_contrast",
+    "albedo_std",
+    "yaw_std_deg",
+    "yaw_flip_bias_deg",
+    "convexity",
+    "verdict",
+)
 
 
 class Collapse(SystemExit):
     """train_recon stopped: the decomposition collapsed and no recovery is left."""
 
 
-def train(params: Params, batches: Batches, run_dir: Path, device, world: World | None = None
-          ) -> tuple[ReconTrainer, dict]:
+def train(
+    params: Params, batches: Batches, run_dir: Path, device, world: World | None = None
+) -> tuple[ReconTrainer, dict]:
     """Train to recon.steps, resuming from run_dir's newest matching checkpoint. Under torchrun
     each rank trains on batch_size / world images per step with averaged gradients; rank 0 writes.
 
@@ -155,8 +204,9 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
             recoveries = saved["recoveries"]
         log.info("resuming from %s (step %d of %d)", latest.name, trainer.steps, rc.steps)
     elif world.main:  # another run's state: moved aside, never deleted
-        set_aside(run_dir, "train_recon", changed_keys(old_meta.get("trajectory"),
-                                                       trajectory(params, batches.source_id)))
+        set_aside(
+            run_dir, "train_recon", changed_keys(old_meta.get("trajectory"), trajectory(params, batches.source_id))
+        )
     if world.size > 1:  # each rank its own slice of the batch and random streams, resumable from the step
         batches.batch = rc.batch_size // world.size
         batches.sampler.manual_seed(rc.seed + 1_000_003 * world.rank + trainer.steps)
@@ -166,18 +216,30 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = read_curves(curves, "step", trainer.steps)
     health_rows = read_curves(health_csv, "step", trainer.steps)
-    meta = {"run_hash": run_hash, "train_on": rc.train_on, "source_id": batches.source_id,
-            "params_hash": params.section_hash("recon"), "trajectory": trajectory(params, batches.source_id)}
+    meta = {
+        "run_hash": run_hash,
+        "train_on": rc.train_on,
+        "source_id": batches.source_id,
+        "params_hash": params.section_hash("recon"),
+        "trajectory": trajectory(params, batches.source_id),
+    }
 
     def state() -> dict:
-        return {"trainer": trainer.state_dict(), "sampler": batches.sampler.get_state(),
-                "health": json.dumps({"monitor": monitor.state_dict(), "recoveries": recoveries})}
+        return {
+            "trainer": trainer.state_dict(),
+            "sampler": batches.sampler.get_state(),
+            "health": json.dumps({"monitor": monitor.state_dict(), "recoveries": recoveries}),
+        }
 
     def snapshot() -> None:
         save_checkpoint(ckpt_dir, trainer.steps, state(), {**meta, "step": trainer.steps})
         prune_checkpoints(ckpt_dir, rc.keep_checkpoints)
-        save_grid(panel(trainer.decomposer, batches.panel_images), run_dir / "panels" / f"step-{trainer.steps:06d}.png",
-                  ncols=len(PANEL_COLUMNS), scale=3)
+        save_grid(
+            panel(trainer.decomposer, batches.panel_images),
+            run_dir / "panels" / f"step-{trainer.steps:06d}.png",
+            ncols=len(PANEL_COLUMNS),
+            scale=3,
+        )
         write_curves(curves, rows, CURVE_KEYS)
         write_curves(health_csv, health_rows, HEALTH_KEYS)
 
@@ -185,19 +247,27 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
         """Probe this snapshot; True when it is healthy (the best one is kept as best.safetensors)."""
         measures = probe(trainer.decomposer, batches.probe_images, invalid_cost=rc.invalid_cost)
         reasons = monitor.check(measures)
-        health_rows.append({"step": trainer.steps, **{k: round(v, 5) for k, v in measures.items()},
-                            "verdict": "; ".join(reasons) or "healthy"})
+        health_rows.append(
+            {
+                "step": trainer.steps,
+                **{k: round(v, 5) for k, v in measures.items()},
+                "verdict": "; ".join(reasons) or "healthy",
+            }
+        )
         if not reasons and monitor.update(trainer.steps, measures):
-            save_checkpoint(ckpt_dir, trainer.steps, state(), {**meta, "step": trainer.steps, "health": measures},
-                            name="best")
+            save_checkpoint(
+                ckpt_dir, trainer.steps, state(), {**meta, "step": trainer.steps, "health": measures}, name="best"
+            )
         if not reasons:
             return True
         if len(recoveries) >= rc.max_recoveries:
             write_curves(health_csv, health_rows, HEALTH_KEYS)
-            raise Collapse(f"train_recon: the 3D decomposition collapsed at step {trainer.steps}: "
-                           f"{'; '.join(reasons)}. {len(recoveries)} recoveries (recon.max_recoveries) were "
-                           f"used: {recoveries}. Panels: {run_dir / 'panels'}, probe log: {health_csv}. Try "
-                           f"another recon.seed or a lower recon.lr.")
+            raise Collapse(
+                f"train_recon: the 3D decomposition collapsed at step {trainer.steps}: "
+                f"{'; '.join(reasons)}. {len(recoveries)} recoveries (recon.max_recoveries) were "
+                f"used: {recoveries}. Panels: {run_dir / 'panels'}, probe log: {health_csv}. Try "
+                f"another recon.seed or a lower recon.lr."
+            )
         seed = rc.seed + 1000 * (len(recoveries) + 1)
         restart = monitor.best_step
         if restart is not None:
@@ -211,12 +281,19 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
             trainer.yaw, trainer.steps = fresh.yaw, 0
         trainer.reseed(seed + 1)
         batches.sampler.manual_seed(seed)
-        recoveries.append({"step": int(health_rows[-1]["step"]), "reasons": reasons,
-                           "restart_step": trainer.steps, "seed": seed})
-        log.warning("train_recon: collapse at step %s (%s); restarting from step %d with seed %d "
-                    "(recovery %d of %d)", health_rows[-1]["step"], "; ".join(reasons), trainer.steps, seed,
-                    len(recoveries), rc.max_recoveries)
-        del rows[sum(float(r["step"]) <= trainer.steps for r in rows):]  # curves of the abandoned branch
+        recoveries.append(
+            {"step": int(health_rows[-1]["step"]), "reasons": reasons, "restart_step": trainer.steps, "seed": seed}
+        )
+        log.warning(
+            "train_recon: collapse at step %s (%s); restarting from step %d with seed %d (recovery %d of %d)",
+            health_rows[-1]["step"],
+            "; ".join(reasons),
+            trainer.steps,
+            seed,
+            len(recoveries),
+            rc.max_recoveries,
+        )
+        del rows[sum(float(r["step"]) <= trainer.steps for r in rows) :]  # curves of the abandoned branch
         return False
 
     t0, s0, seen = time.perf_counter(), trainer.steps, 0
@@ -226,14 +303,22 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
             try:
                 stats = trainer.step(images, w)
             except FloatingPointError as err:
-                raise SystemExit(f"train_recon: training diverged at step {trainer.steps} ({err}); "
-                                 f"the last good checkpoint is kept: {latest_checkpoint(ckpt_dir)}") from None
+                raise SystemExit(
+                    f"train_recon: training diverged at step {trainer.steps} ({err}); "
+                    f"the last good checkpoint is kept: {latest_checkpoint(ckpt_dir)}"
+                ) from None
             seen += len(images) + int(stats["n_augmented"])
             bar.update()
             if trainer.steps % rc.log_every == 0:
                 speed = seen / (time.perf_counter() - t0)
-                rows.append({"step": trainer.steps, "yaw_updates": trainer.yaw.updates, "img_per_s": round(speed, 2),
-                             **{k: round(stats.get(k, float("nan")), 5) for k in CURVE_KEYS[1:5]}})
+                rows.append(
+                    {
+                        "step": trainer.steps,
+                        "yaw_updates": trainer.yaw.updates,
+                        "img_per_s": round(speed, 2),
+                        **{k: round(stats.get(k, float("nan")), 5) for k in CURVE_KEYS[1:5]},
+                    }
+                )
                 bar.set_postfix(loss=f"{stats['total']:.3f}", img_s=f"{speed:.0f}")
             if world.main and (trainer.steps % rc.snapshot_steps == 0 or trainer.steps == rc.steps):
                 if check_health():
@@ -244,20 +329,35 @@ def train(params: Params, batches: Batches, run_dir: Path, device, world: World 
     if world.main and trainer.steps == s0 and latest_checkpoint(ckpt_dir) is None:
         check_health()
         snapshot()  # steps = 0: still leave a loadable state
-    log.info("rank %d of %d: %d images per step, %d steps, parameters sha256 %s%s", world.rank, world.size,
-             batches.batch, trainer.steps, parameter_digest(trainer.decomposer),
-             "" if world.main else " (writes nothing)")
+    log.info(
+        "rank %d of %d: %d images per step, %d steps, parameters sha256 %s%s",
+        world.rank,
+        world.size,
+        batches.batch,
+        trainer.steps,
+        parameter_digest(trainer.decomposer),
+        "" if world.main else " (writes nothing)",
+    )
     exported = trainer.steps
     if world.main and monitor.best_step is not None and monitor.best_step != trainer.steps:
         saved, _ = load_checkpoint(best_ckpt, device)
         trainer.decomposer.load_state_dict(saved["trainer"]["decomposer"])
         exported = monitor.best_step
-        log.warning("train_recon: exporting the best healthy snapshot (step %d), not the last (step %d)",
-                    exported, trainer.steps)
+        log.warning(
+            "train_recon: exporting the best healthy snapshot (step %d), not the last (step %d)",
+            exported,
+            trainer.steps,
+        )
     speed = seen * world.size / max(time.perf_counter() - t0, 1e-9)
-    return trainer, {"steps": trainer.steps, "img_per_s": round(speed, 2) if seen else None, "ranks": world.size,
-                     "exported_step": exported, "recoveries": recoveries,
-                     "health": health_rows[-1] if health_rows else None, **meta}
+    return trainer, {
+        "steps": trainer.steps,
+        "img_per_s": round(speed, 2) if seen else None,
+        "ranks": world.size,
+        "exported_step": exported,
+        "recoveries": recoveries,
+        "health": health_rows[-1] if health_rows else None,
+        **meta,
+    }
 
 
 def export(out: Path, trainer: ReconTrainer, batches: Batches, meta: dict, per_face: dict, title: str) -> None:
@@ -290,21 +390,45 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
     if final["yaw_std_deg"] < HealthMonitor().thresholds.min_learned_yaw_std:
         reasons.append(f"the estimated yaw does not vary: std {final['yaw_std_deg']:.2f} deg over the probe images")
     if summary["hollow_face"]:
-        reasons.append(f"hollow face: the estimated yaw is anti-correlated with the true yaw on the ground-truth "
-                       f"faces (r = {summary['yaw_corr']}): the relief is inverted")
+        reasons.append(
+            f"hollow face: the estimated yaw is anti-correlated with the true yaw on the ground-truth "
+            f"faces (r = {summary['yaw_corr']}): the relief is inverted"
+        )
     if reasons:
-        log.warning("train_recon: THE EXPORTED DECOMPOSITION IS DEGENERATE: %s. decompose will refuse it unless "
-                    "recon.allow_degenerate is true.", "; ".join(reasons))
-    verdict = {"degenerate": bool(reasons), "degenerate_reasons": reasons, "recoveries": info["recoveries"],
-               "exported_step": info["exported_step"]}
-    meta = {**info, **verdict, "config": decomposer_config(rc).to_dict(), "semantic_names": list(SEMANTIC_NAMES),
-            "device": str(device), "torch": torch.__version__}
+        log.warning(
+            "train_recon: THE EXPORTED DECOMPOSITION IS DEGENERATE: %s. decompose will refuse it unless "
+            "recon.allow_degenerate is true.",
+            "; ".join(reasons),
+        )
+    verdict = {
+        "degenerate": bool(reasons),
+        "degenerate_reasons": reasons,
+        "recoveries": info["recoveries"],
+        "exported_step": info["exported_step"],
+    }
+    meta = {
+        **info,
+        **verdict,
+        "config": decomposer_config(rc).to_dict(),
+        "semantic_names": list(SEMANTIC_NAMES),
+        "device": str(device),
+        "torch": torch.__version__,
+    }
     title = f"train_on={rc.train_on} swap={rc.swap_prob:g} yaw_aug={rc.yaw_augment and rc.train_on == 'generator'}"
     export(out, trainer, batches, meta, per_face, title)
-    result = {**summary, **verdict, "probe": {k: round(v, 5) for k, v in final.items()}, "steps": info["steps"], "img_per_s": info["img_per_s"],
-              "ranks": info["ranks"], "train_on": rc.train_on, "swap_prob": rc.swap_prob,
-              "yaw_augment": bool(rc.yaw_augment and rc.train_on == "generator"),
-              "yaw_updates": trainer.yaw.updates, "seconds": round(time.perf_counter() - start, 1)}
+    result = {
+        **summary,
+        **verdict,
+        "probe": {k: round(v, 5) for k, v in final.items()},
+        "steps": info["steps"],
+        "img_per_s": info["img_per_s"],
+        "ranks": info["ranks"],
+        "train_on": rc.train_on,
+        "swap_prob": rc.swap_prob,
+        "yaw_augment": bool(rc.yaw_augment and rc.train_on == "generator"),
+        "yaw_updates": trainer.yaw.updates,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     write_json(metrics, result)
     return result
 

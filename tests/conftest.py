@@ -1,4 +1,5 @@
 """Shared test set-up: small thread counts, project-local tool state, the repo root."""
+
 from __future__ import annotations
 
 from pathlib import Path

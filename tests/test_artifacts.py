@@ -75,8 +75,10 @@ def test_a_rerun_removes_the_temporaries_a_killed_writer_left(tmp_path):
     import os
     import subprocess
     import sys
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = tmp_path / f".faces.zarr.tmp-{dead}-0123abcd"
     (stale / "images").mkdir(parents=True)
     (stale / "images" / "c0").write_bytes(b"\0" * 1000)

@@ -9,8 +9,13 @@ def test_round_trip_nested_state(tmp_path):
     net(torch.randn(4, 3)).sum().backward()
     opt.step()
     seq = torch.nn.Sequential(torch.nn.Linear(2, 2))  # dotted keys: '0.weight'
-    state = {"net": net.state_dict(), "opt": opt.state_dict(), "counter": 7, "pl_mean": torch.tensor(0.5),
-             "seq": seq.state_dict()}
+    state = {
+        "net": net.state_dict(),
+        "opt": opt.state_dict(),
+        "counter": 7,
+        "pl_mean": torch.tensor(0.5),
+        "seq": seq.state_dict(),
+    }
     path = save_checkpoint(tmp_path, 12, state, {"kimg": 0.1})
     loaded, meta = load_checkpoint(path)
     assert meta["kimg"] == 0.1 and meta["step"] == 12 and loaded["counter"] == 7
@@ -40,7 +45,7 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
-from pipeline.checkpoints import CheckpointError, load_checkpoint  # noqa: E402
+from pipeline.checkpoints import CheckpointError  # noqa: E402
 
 
 def _damage(weights, how):
@@ -55,10 +60,13 @@ def _tiny_state():
     return {"w": torch.arange(4096, dtype=torch.float32)}
 
 
-@pytest.mark.parametrize("how, message", [
-    ("truncated", r"checkpoint weights .*ckpt-000000001\.safetensors cannot be read .* truncated, corrupt"),
-    ("sidecar cut", r"checkpoint sidecar .*ckpt-000000001\.json is not valid JSON .* cut mid-way"),
-])
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("truncated", r"checkpoint weights .*ckpt-000000001\.safetensors cannot be read .* truncated, corrupt"),
+        ("sidecar cut", r"checkpoint sidecar .*ckpt-000000001\.json is not valid JSON .* cut mid-way"),
+    ],
+)
 def test_a_damaged_checkpoint_names_its_file_and_what_to_do(tmp_path, how, message):
     weights = save_checkpoint(tmp_path, 1, _tiny_state(), {"step": 1})
     _damage(weights, how)
@@ -74,42 +82,68 @@ def exported(tmp_path_factory):
     from pipeline.params import parse_params
     from stages import faces, train_gan, train_oracle, train_recon
     from tests.conftest import REPO
+
     d = tmp_path_factory.mktemp("exported")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(n_images=48, resolution=32, n_eval=4, chunk=16, batch_size=16)
     raw["gan"].update(kind="linear", w_dim=16, resolution=32, grid=2, metric_samples=64, fid_samples=0, ppl_samples=0)
     raw["oracle"].update(epochs=1, batch_size=16, width=4)
-    raw["recon"].update(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8, steps=2,
-                        batch_size=4, snapshot_steps=2, n_eval=8, eval_batch=8, panel_images=2, allow_degenerate=True)
+    raw["recon"].update(
+        resolution=16,
+        nf_map=4,
+        zdim_map=8,
+        nf_encoder=4,
+        nf_conf=4,
+        zdim_conf=8,
+        steps=2,
+        batch_size=4,
+        snapshot_steps=2,
+        n_eval=8,
+        eval_batch=8,
+        panel_images=2,
+        allow_degenerate=True,
+    )
     p = parse_params(raw)
     faces.run(p, d / "faces.zarr", d / "r.csv", d / "f.json")
     train_gan.run(p, d / "faces.zarr", d / "gan", d / "gan_run", d / "g.json")
     train_oracle.run(p, d / "faces.zarr", d / "oracle", d / "o.json")
-    train_recon.run(p, d / "gan" / "generator.safetensors", d / "faces.zarr", d / "recon", d / "recon_run", d / "r.json")
-    return {"generator": d / "gan" / "generator.safetensors", "decomposer": d / "recon" / "decomposer.safetensors",
-            "oracle": d / "oracle" / "oracle.safetensors"}
+    train_recon.run(
+        p, d / "gan" / "generator.safetensors", d / "faces.zarr", d / "recon", d / "recon_run", d / "r.json"
+    )
+    return {
+        "generator": d / "gan" / "generator.safetensors",
+        "decomposer": d / "recon" / "decomposer.safetensors",
+        "oracle": d / "oracle" / "oracle.safetensors",
+    }
 
 
 def _loaders():
     from pipeline.generators import load_generator
     from pipeline.oracle import load_oracle
     from pipeline.recon import load_decomposer
-    return {"generator": load_generator, "decomposer": lambda p: load_decomposer(p, allow_degenerate=True),
-            "oracle": lambda p: load_oracle(p.parent)}
+
+    return {
+        "generator": load_generator,
+        "decomposer": lambda p: load_decomposer(p, allow_degenerate=True),
+        "oracle": lambda p: load_oracle(p.parent),
+    }
 
 
 @pytest.mark.parametrize("loader", ["generator", "decomposer", "oracle"])
 @pytest.mark.parametrize("how", ["truncated", "sidecar cut"])
 def test_every_loader_names_a_damaged_file(exported, tmp_path, loader, how):
     import shutil
+
     src = exported[loader]
     folder = tmp_path / loader
     shutil.copytree(src.parent, folder)
     weights = folder / src.name
     _damage(weights, how)
-    with pytest.raises(CheckpointError, match=str(weights.with_suffix(".json" if how == "sidecar cut" else
-                                                                      ".safetensors")).replace(".", r"\.")):
+    with pytest.raises(
+        CheckpointError,
+        match=str(weights.with_suffix(".json" if how == "sidecar cut" else ".safetensors")).replace(".", r"\."),
+    ):
         _loaders()[loader](weights)
 
 
@@ -117,6 +151,7 @@ def test_a_decomposer_of_another_architecture_is_named(exported, tmp_path):
     import shutil
 
     from pipeline.recon import load_decomposer
+
     folder = tmp_path / "recon"
     shutil.copytree(exported["decomposer"].parent, folder)
     sidecar = folder / "decomposer.json"
@@ -135,6 +170,7 @@ def test_a_truncated_gan_init_names_the_key_and_the_file(exported, tmp_path):
     from pipeline.params import parse_params
     from stages import train_gan
     from tests.conftest import REPO
+
     init = tmp_path / "init.safetensors"
     shutil.copy(REPO / "data" / "shipped" / "stylegan2_faces32.safetensors", init)
     shutil.copy(REPO / "data" / "shipped" / "stylegan2_faces32.json", init.with_suffix(".json"))

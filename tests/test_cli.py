@@ -1,4 +1,5 @@
 """`facesem dag`, `facesem params` and `facesem stage --force` on a small DVC project of their own."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ def project(tmp_path):
 
 def facesem(project, *args):
     root, env = project
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_dag_lists_every_stage_with_its_upstream(project):

@@ -1,4 +1,5 @@
 """Ward clustering of directions, region labels and purity (paper Fig. 6)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,7 @@ from models.clustering import cosine_distance, purity, region_cosines, region_la
 
 def test_ward_returns_three_planted_groups_whatever_the_signs():
     g = torch.Generator().manual_seed(0)
-    centres = torch.linalg.qr(torch.randn(32, 3, generator=g))[0].T           # 3 orthogonal directions
+    centres = torch.linalg.qr(torch.randn(32, 3, generator=g))[0].T  # 3 orthogonal directions
     members = []
     for c in range(3):
         for _ in range(5):
@@ -34,9 +35,9 @@ def test_region_labels_take_the_majority_region():
     regions = torch.zeros(3, 4, 4, dtype=torch.bool)
     regions[0, :2], regions[1, 2:3], regions[2, 3:] = True, True, True
     touched = torch.zeros(3, 4, 4, dtype=torch.bool)
-    touched[0, 0, :3] = True               # region 0
+    touched[0, 0, :3] = True  # region 0
     touched[1, 2, :] = True
-    touched[1, 3, 0] = True                # mostly region 1
+    touched[1, 3, 0] = True  # mostly region 1
     assert region_labels(touched, regions).tolist() == [0, 1, -1]
 
 

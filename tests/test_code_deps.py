@@ -1,4 +1,5 @@
 """dvc.yaml lists exactly each stage's code: its project import closure (pipeline/code_deps.py)."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,8 +17,11 @@ def _python_deps(doc, name):
 def _mismatches(root):
     doc = yaml.safe_load((root / "dvc.yaml").read_text())
     closures = stage_closures(root, doc)
-    return {name: (sorted(c - _python_deps(doc, name)), sorted(_python_deps(doc, name) - c))
-            for name, c in closures.items() if c != _python_deps(doc, name)}
+    return {
+        name: (sorted(c - _python_deps(doc, name)), sorted(_python_deps(doc, name) - c))
+        for name, c in closures.items()
+        if c != _python_deps(doc, name)
+    }
 
 
 def test_dvc_yaml_lists_exactly_each_stages_import_closure():
@@ -28,8 +32,13 @@ def test_dvc_yaml_lists_exactly_each_stages_import_closure():
 
 def test_the_closure_follows_imports_inside_functions_and_packages():
     closure = import_closure(REPO, "stages.decompose")
-    assert {"stages/decompose.py", "pipeline/recon.py", "models/recon_training.py", "pipeline/checkpoints.py",
-            "models/renderer.py"} <= closure  # decompose -> pipeline.recon -> models.recon_training -> renderer
+    assert {
+        "stages/decompose.py",
+        "pipeline/recon.py",
+        "models/recon_training.py",
+        "pipeline/checkpoints.py",
+        "models/renderer.py",
+    } <= closure  # decompose -> pipeline.recon -> models.recon_training -> renderer
     assert "stages/regress.py" not in import_closure(REPO, "stages.factorize")
 
 
@@ -50,5 +59,6 @@ def test_a_planted_missing_dependency_is_caught_and_sync_restores_it(tmp_path):
     before, after = yaml.safe_load(text)["stages"], yaml.safe_load(restored)["stages"]
     for name in before:  # the same deps (at most in another order), everything else untouched
         assert set(map(str, after[name]["deps"])) == set(map(str, before[name]["deps"])), name
-        assert {k: v for k, v in after[name].items() if k != "deps"} == \
-            {k: v for k, v in before[name].items() if k != "deps"}, name
+        assert {k: v for k, v in after[name].items() if k != "deps"} == {
+            k: v for k, v in before[name].items() if k != "deps"
+        }, name

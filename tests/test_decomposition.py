@@ -1,4 +1,5 @@
 """Tests of models/decomposition.py: shapes, output ranges, depth handling, the mutual confidence net."""
+
 import pytest
 import torch
 
@@ -6,7 +7,6 @@ from models import decomposition as dm
 from models.renderer import LIGHT_NAMES, VIEW_NAMES
 
 TINY = dict(nf_map=8, zdim_map=16, nf_encoder=4, nf_conf=4, zdim_conf=8)
-
 
 
 def images(b=3, r=32, seed=0):

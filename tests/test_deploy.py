@@ -2,6 +2,7 @@
 reads it (a real flow, valid parameters, valid cron, the GPU request), the Dockerfile installs
 with the Makefile's recipe, .dockerignore keeps the sources and drops local state, and
 `facesem serve` (a dry run, and one scheduled run against a local Prefect server)."""
+
 from __future__ import annotations
 
 import io
@@ -36,15 +37,14 @@ def _tool_env(root: Path, **extra: str) -> dict[str, str]:
 
 # ---- prefect.yaml ---------------------------------------------------------------------------
 
+
 def _prefect_yaml():
     """The deployments and actions exactly as `prefect deploy` loads them (prefect==3.8.8)."""
+    from prefect.cli.deploy._config import _load_deploy_configs_and_actions
     from rich.console import Console
 
-    from prefect.cli.deploy._config import _load_deploy_configs_and_actions
-
     messages = io.StringIO()
-    configs, actions = _load_deploy_configs_and_actions(REPO / "prefect.yaml",
-                                                        console=Console(file=messages))
+    configs, actions = _load_deploy_configs_and_actions(REPO / "prefect.yaml", console=Console(file=messages))
     assert messages.getvalue() == "", messages.getvalue()  # prefect deploy would skip the file
     return {c["name"]: c for c in configs}, actions
 
@@ -112,8 +112,9 @@ def test_docker_deployment_requests_a_gpu_in_the_projects_image():
     assert docker["work_pool"]["name"] == "facesem-gpu"
     jv = docker["work_pool"]["job_variables"]
     # docker-py builds the container's host config from it: `docker run --gpus 1`
-    host = HostConfig(version="1.44", **{k: v for k, v in jv["container_create_kwargs"].items()
-                                         if k == "device_requests"})
+    host = HostConfig(
+        version="1.44", **{k: v for k, v in jv["container_create_kwargs"].items() if k == "device_requests"}
+    )
     request = host["DeviceRequests"][0]
     assert request["Capabilities"] == [["gpu"]] and (request["Count"] >= 1 or request["Count"] == -1)
     assert jv["env"]["FACESEM_DEVICE"] == "cuda"
@@ -132,11 +133,12 @@ def test_docker_deployment_requests_a_gpu_in_the_projects_image():
 
 # ---- Dockerfile and .dockerignore -----------------------------------------------------------
 
+
 def _makefile_install_recipe() -> list[str]:
     lines = (REPO / "Makefile").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("$(VENV)/.installed:"))
     recipe = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("\t"):
             break
         recipe.append(line.strip().lstrip("@"))
@@ -153,16 +155,24 @@ def test_dockerfile_installs_with_the_makefiles_recipe():
     # nothing is installed beside the Makefile: no pip or venv of the Dockerfile's own
     assert not [r for r in runs if re.search(r"pip3? install|-m venv|-m pip", r)]
     # variables given to make on its command line are the Makefile's overridable ones
-    overrides = dict(tok.split("=", 1) for tok in shlex.split(make_runs[0].split("make install", 1)[1])
-                     if "=" in tok and not tok.startswith("-"))
+    overrides = dict(
+        tok.split("=", 1)
+        for tok in shlex.split(make_runs[0].split("make install", 1)[1])
+        if "=" in tok and not tok.startswith("-")
+    )
     makefile = (REPO / "Makefile").read_text()
     for name in overrides:
         assert re.search(rf"^{name}\s*\?=", makefile, re.M), f"{name} is not a `?=` variable"
     # the image's interpreter is the one the lock was resolved and tested with
     assert overrides["PYTHON"] == f"python{sys.version_info.major}.{sys.version_info.minor}"
     # what `make install` runs with those overrides: the recipe, nothing else
-    dry = subprocess.run(["make", "-n", "-B", "install", *[f"{k}={v}" for k, v in overrides.items()]],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    dry = subprocess.run(
+        ["make", "-n", "-B", "install", *[f"{k}={v}" for k, v in overrides.items()]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     recipe = _makefile_install_recipe()
     assert any("-m pip install" in line and "-c requirements.lock" in line for line in recipe)
     for line in dry.splitlines():
@@ -184,11 +194,12 @@ def test_dockerfile_swaps_only_the_cpu_torch_line_for_a_cuda_build():
     assert f"grep -qx 'torch=={pinned}+cpu' requirements.lock" in swap
     assert runs.index(swap) < next(i for i, r in enumerate(runs) if "make install" in r)
     assert any("torch.version.cuda" in r for r in runs)  # a CPU wheel fails the build
-    assert any("core.no_scm true" in r for r in runs)    # DVC without .git in the image
+    assert any("core.no_scm true" in r for r in runs)  # DVC without .git in the image
 
 
 def _docker_ignored(path: str, patterns: list[str]) -> bool:
     """Docker's .dockerignore rule: the last pattern matching the path or a parent of it wins."""
+
     def regex(pattern: str) -> re.Pattern:
         out = re.escape(pattern.strip("/"))
         out = out.replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
@@ -205,15 +216,40 @@ def _docker_ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_sends_the_sources_not_the_local_state():
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    kept = ["Makefile", "pyproject.toml", "requirements.lock", "dvc.yaml", "dvc.lock", "params.yaml",
-            ".dvc/config", ".dvcignore", "pipeline/flow.py", "stages/faces.py", "models/renderer.py",
-            "data/raw/README.md", "data/.gitignore", "prefect.yaml"]
-    dropped = [".git/HEAD", ".venv/bin/python", ".prefect/prefect.db", "data/faces.zarr/zarr.json",
-               "data/gan/generator.safetensors", ".dvc/cache/files/md5/00/ab", ".dvc/tmp/rwlock",
-               "pipeline/__pycache__/flow.cpython-311.pyc", "facesem.egg-info/PKG-INFO",
-               "data/raw/photo.jpg", ".dvc/config.local"]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    kept = [
+        "Makefile",
+        "pyproject.toml",
+        "requirements.lock",
+        "dvc.yaml",
+        "dvc.lock",
+        "params.yaml",
+        ".dvc/config",
+        ".dvcignore",
+        "pipeline/flow.py",
+        "stages/faces.py",
+        "models/renderer.py",
+        "data/raw/README.md",
+        "data/.gitignore",
+        "prefect.yaml",
+    ]
+    dropped = [
+        ".git/HEAD",
+        ".venv/bin/python",
+        ".prefect/prefect.db",
+        "data/faces.zarr/zarr.json",
+        "data/gan/generator.safetensors",
+        ".dvc/cache/files/md5/00/ab",
+        ".dvc/tmp/rwlock",
+        "pipeline/__pycache__/flow.cpython-311.pyc",
+        "facesem.egg-info/PKG-INFO",
+        "data/raw/photo.jpg",
+        ".dvc/config.local",
+    ]
     assert [p for p in kept if _docker_ignored(p, patterns)] == []
     assert [p for p in dropped if not _docker_ignored(p, patterns)] == []
     for path in kept:
@@ -222,9 +258,16 @@ def test_dockerignore_sends_the_sources_not_the_local_state():
 
 # ---- facesem serve --------------------------------------------------------------------------
 
+
 def _serve(args: list[str], env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "serve", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "serve", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_serve_dry_run_prints_the_deployment_without_a_server(tmp_path):
@@ -243,20 +286,25 @@ def test_serve_dry_run_prints_the_deployment_without_a_server(tmp_path):
     assert proc.stdout.strip().endswith("dry run: nothing was sent to a server")
     assert not home.exists() or not any(home.iterdir())  # no profile, no database written
 
-    proc = _serve(["--interval", "900", "--target", "preview", "--name", "quarter",
-                   "--timezone", "Europe/Berlin", "--dry-run"], env)
+    proc = _serve(
+        ["--interval", "900", "--target", "preview", "--name", "quarter", "--timezone", "Europe/Berlin", "--dry-run"],
+        env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "deployment: facesem/quarter" in proc.stdout
     assert "schedule:   every 900 s (Europe/Berlin)" in proc.stdout
     assert 'parameters: {"targets": ["preview"], "force": false}' in proc.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--cron", "0 3 * *", "--dry-run"], 'Invalid cron string: "0 3 * *"'),
-    (["--cron", "0 3 * * *", "--target", "nope", "--dry-run"], "unknown stage(s) ['nope']"),
-    (["--interval", "0", "--dry-run"], "argument --interval: must be a positive finite float"),
-    (["--cron", "0 3 * * *"], "serving needs a Prefect server"),  # PREFECT_API_URL unset
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cron", "0 3 * *", "--dry-run"], 'Invalid cron string: "0 3 * *"'),
+        (["--cron", "0 3 * * *", "--target", "nope", "--dry-run"], "unknown stage(s) ['nope']"),
+        (["--interval", "0", "--dry-run"], "argument --interval: must be a positive finite float"),
+        (["--cron", "0 3 * * *"], "serving needs a Prefect server"),  # PREFECT_API_URL unset
+    ],
+)
 def test_serve_rejects_bad_input_before_any_server(tmp_path, args, message):
     proc = _serve(args, _tool_env(tmp_path))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
@@ -299,17 +347,24 @@ def test_serve_runs_the_flow_on_its_schedule(tmp_path):
 
     root = tmp_path / "repo"
     root.mkdir()
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"hello": {
-        "cmd": "python -c 'open(\"hello.txt\", \"w\").write(\"hi\")'", "outs": ["hello.txt"]}}}))
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {"stages": {"hello": {"cmd": 'python -c \'open("hello.txt", "w").write("hi")\'', "outs": ["hello.txt"]}}}
+        )
+    )
     (root / "params.yaml").write_text("{}\n")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = _tool_env(root, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
-                    PREFECT_RUNNER_POLL_FREQUENCY="2")
+    env = _tool_env(root, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="2")
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--port", str(port),
-                               "--no-ui"], cwd=root, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--port", str(port), "--no-ui"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     serve = None
     try:
         deadline = time.monotonic() + 60
@@ -323,17 +378,24 @@ def test_serve_runs_the_flow_on_its_schedule(tmp_path):
             time.sleep(1)
         env["PREFECT_API_URL"] = api
         log = (tmp_path / "serve.log").open("w")
-        serve = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--interval", "5",
-                                  "--name", "test"], cwd=root, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "serve", "--interval", "5", "--name", "test"],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 90
         runs = []
         while not runs:
-            assert time.monotonic() < deadline and serve.poll() is None, \
+            assert time.monotonic() < deadline and serve.poll() is None, (
                 "no scheduled run completed:\n" + (tmp_path / "serve.log").read_text()[-3000:]
+            )
             time.sleep(2)
-            runs = httpx.post(f"{api}/flow_runs/filter", timeout=10, json={
-                "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).json()
+            runs = httpx.post(
+                f"{api}/flow_runs/filter", timeout=10, json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
+            ).json()
         assert runs[0]["deployment_id"] is not None and runs[0]["parameters"] == {"targets": None, "force": False}
         assert (root / "hello.txt").read_text() == "hi"
     finally:

@@ -1,4 +1,5 @@
 """The one device switch: params `device` / FACESEM_DEVICE, with clear refusals."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Data-parallel training (pipeline/distributed.py) with 2 gloo processes on the CPU, and torchrun."""
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ def _init(rank: int, world: int, init_file: str) -> None:
 
 def _average_worker(rank, world, init_file, out):
     from pipeline.distributed import average_gradients
+
     _init(rank, world, init_file)
     a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
     opt = torch.optim.SGD([a, b], lr=1.0)
@@ -33,10 +35,12 @@ def _gan_worker(rank, world, init_file, out, hook):
     from models.gan_training import GANTrainer
     from pipeline.distributed import average_gradients, broadcast_parameters
     from pipeline.generators import build_stylegan
+
     _init(rank, world, init_file)
     torch.manual_seed(100 + rank)  # different initial weights on purpose: the broadcast must fix that
-    G, D = build_stylegan({"z_dim": 8, "w_dim": 8, "mapping_layers": 1, "resolution": 8, "channel_base": 32,
-                           "channel_max": 8})
+    G, D = build_stylegan(
+        {"z_dim": 8, "w_dim": 8, "mapping_layers": 1, "resolution": 8, "channel_base": 32, "channel_max": 8}
+    )
     broadcast_parameters(G, D)
     trainer = GANTrainer(G, D, batch_size=2, r1_interval=2, pl_interval=2, decorr_batch_size=8, seed=rank)
     if hook:
@@ -74,8 +78,10 @@ def _assert_identical_replicas(log: str, per_rank_batch: int) -> None:
     """Each rank logs its share of the batch and a digest of its parameters at the end of training:
     the digests are equal (bit-identical replicas), each rank took batch / 2, only rank 0 writes."""
     import re
-    found = re.findall(r"rank (\d) of 2: (\d+) images per step, (\d+) steps, parameters sha256 (\w+)( \(writes nothing\))?",
-                       log)
+
+    found = re.findall(
+        r"rank (\d) of 2: (\d+) images per step, (\d+) steps, parameters sha256 (\w+)( \(writes nothing\))?", log
+    )
     assert sorted(r[0] for r in found) == ["0", "1"], log[-3000:]
     by_rank = {r[0]: r for r in found}
     assert by_rank["0"][3] == by_rank["1"][3]  # same weights on both ranks
@@ -88,19 +94,57 @@ def test_torchrun_trains_the_gan_stage_with_two_ranks(repo_root, tmp_path):
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(n_images=32, resolution=32, n_eval=4, chunk=16, batch_size=16)
-    raw["gan"].update(init="scratch", kimg=0.016, snapshot_kimg=0.008, batch_size=4, decorr_batch_size=16, channel_base=64,
-                      channel_max=8, mapping_layers=1, z_dim=8, w_dim=8, resolution=8, grid=2, metric_samples=64,
-                      fid_samples=0, ppl_samples=0)
+    raw["gan"].update(
+        init="scratch",
+        kimg=0.016,
+        snapshot_kimg=0.008,
+        batch_size=4,
+        decorr_batch_size=16,
+        channel_base=64,
+        channel_max=8,
+        mapping_layers=1,
+        z_dim=8,
+        w_dim=8,
+        resolution=8,
+        grid=2,
+        metric_samples=64,
+        fid_samples=0,
+        ppl_samples=0,
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
     from pipeline.params import parse_params
     from stages import faces
+
     faces.run(parse_params(raw), tmp_path / "faces.zarr", tmp_path / "r.csv", tmp_path / "f.json")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "stages.train_gan", "--", "--params", str(tmp_path / "params.yaml"), "--faces",
-                           str(tmp_path / "faces.zarr"), "--out", str(tmp_path / "gan"), "--run",
-                           str(tmp_path / "run"), "--metrics", str(tmp_path / "g.json")],
-                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "stages.train_gan",
+            "--",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--faces",
+            str(tmp_path / "faces.zarr"),
+            "--out",
+            str(tmp_path / "gan"),
+            "--run",
+            str(tmp_path / "run"),
+            "--metrics",
+            str(tmp_path / "g.json"),
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "g.json").read_text())
     assert metrics["ranks"] == 2 and metrics["kimg"] == pytest.approx(0.016)
@@ -114,20 +158,58 @@ def test_torchrun_trains_the_3d_net_with_two_ranks(repo_root, tmp_path):
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(n_images=32, resolution=32, n_eval=4, chunk=16, batch_size=16)
-    raw["recon"].update(train_on="faces", resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8,
-                        steps=4, batch_size=4, snapshot_steps=2, n_eval=8, eval_batch=8, panel_images=2,
-                        allow_degenerate=True)
+    raw["recon"].update(
+        train_on="faces",
+        resolution=16,
+        nf_map=4,
+        zdim_map=8,
+        nf_encoder=4,
+        nf_conf=4,
+        zdim_conf=8,
+        steps=4,
+        batch_size=4,
+        snapshot_steps=2,
+        n_eval=8,
+        eval_batch=8,
+        panel_images=2,
+        allow_degenerate=True,
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     from pipeline.params import parse_params
     from stages import faces
+
     faces.run(parse_params(raw), tmp_path / "faces.zarr", tmp_path / "r.csv", tmp_path / "f.json")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "stages.train_recon", "--", "--params", str(tmp_path / "params.yaml"),
-                           "--generator", str(tmp_path / "none.safetensors"), "--faces", str(tmp_path / "faces.zarr"),
-                           "--out", str(tmp_path / "recon"), "--run", str(tmp_path / "run"), "--metrics",
-                           str(tmp_path / "m.json")], cwd=repo_root, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "stages.train_recon",
+            "--",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--generator",
+            str(tmp_path / "none.safetensors"),
+            "--faces",
+            str(tmp_path / "faces.zarr"),
+            "--out",
+            str(tmp_path / "recon"),
+            "--run",
+            str(tmp_path / "run"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["ranks"] == 2 and metrics["steps"] == 4 and "side" in metrics

@@ -1,4 +1,5 @@
 """Stage evaluate on the linear ground-truth generator with exact measurements; peers; correlation."""
+
 from __future__ import annotations
 
 import json
@@ -46,12 +47,12 @@ def test_peers_find_planted_structure():
 @pytest.fixture(scope="module")
 def linear_setup(tmp_path_factory):
     from tests.conftest import REPO
+
     d = tmp_path_factory.mktemp("evaluate")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(n_images=64, resolution=32, n_eval=4, chunk=32, batch_size=32)
-    raw["gan"].update(kind="linear", w_dim=32, resolution=16, grid=2, metric_samples=64, fid_samples=0,
-                      ppl_samples=0)
+    raw["gan"].update(kind="linear", w_dim=32, resolution=16, grid=2, metric_samples=64, fid_samples=0, ppl_samples=0)
     raw["oracle"].update(epochs=1, batch_size=16, width=4)
     raw["evaluate"].update(n_samples=400, edit_samples=64, peers_k=4, batch_size=200)
     params = parse_params(raw)
@@ -72,8 +73,14 @@ def test_evaluate_scores_the_true_directions_as_perfect(linear_setup, tmp_path, 
         group["unit"].attrs["rows"] = list(SEMANTIC_NAMES)
     # exact measurements instead of the (tiny, inaccurate) oracle: factors of the linear generator
     monkeypatch.setattr(evaluate.Measure, "__call__", lambda self, w: self.gen.net.factors(w)[:, self.columns])
-    result = evaluate.run(params, d / "gan" / "generator.safetensors", d / "oracle", tmp_path / "dir.zarr",
-                          tmp_path / "out", tmp_path / "m.json")
+    result = evaluate.run(
+        params,
+        d / "gan" / "generator.safetensors",
+        d / "oracle",
+        tmp_path / "dir.zarr",
+        tmp_path / "out",
+        tmp_path / "m.json",
+    )
     assert json.loads((tmp_path / "m.json").read_text()) == result
     assert set(result["table2"]) == set(SEMANTIC_NAMES) and set(result["table2"]["yaw"]) == set(SEMANTIC_NAMES)
     for name in SEMANTIC_NAMES:
@@ -81,8 +88,12 @@ def test_evaluate_scores_the_true_directions_as_perfect(linear_setup, tmp_path, 
         assert result["linear_recovery_cos"][name] > 0.999
         assert result["peers"]["interfacegan"][name] > 0.95
         assert result["edit"][name]["target_std_per_s"] == pytest.approx(1.0, abs=0.2)  # one sigma_w per unit s
-    assert result["table2_offdiag_mean_abs"] < 0.3 and set(result["peers"]) == {"ours", "ganspace", "sefa",
-                                                                                 "interfacegan"}
+    assert result["table2_offdiag_mean_abs"] < 0.3 and set(result["peers"]) == {
+        "ours",
+        "ganspace",
+        "sefa",
+        "interfacegan",
+    }
     assert set(result["oracle_r2"]) >= set(SEMANTIC_NAMES)
     table = pd.read_csv(tmp_path / "out" / "table2.csv", index_col="direction")
     assert table.loc["yaw", "yaw"] > 0.999 and "oracle_flag" in table.columns
@@ -105,11 +116,18 @@ def test_evaluate_names_the_factor_each_component_moves(linear_setup, tmp_path, 
     params, d = linear_setup
     gen = load_generator(d / "gan" / "generator.safetensors")
     true_directions_store(gen, tmp_path / "dir.zarr")
-    local = list(face_model.LOCAL_NAMES[:3])   # components = three true localized directions, renamed
+    local = list(face_model.LOCAL_NAMES[:3])  # components = three true localized directions, renamed
     true_directions_store(gen, tmp_path / "comp.zarr", local, ["comp00", "comp01", "comp02"])
     monkeypatch.setattr(evaluate.Measure, "__call__", lambda self, w: self.gen.net.factors(w)[:, self.columns])
-    result = evaluate.run(params, d / "gan" / "generator.safetensors", d / "oracle", tmp_path / "dir.zarr",
-                          tmp_path / "out", tmp_path / "m.json", tmp_path / "comp.zarr")
+    result = evaluate.run(
+        params,
+        d / "gan" / "generator.safetensors",
+        d / "oracle",
+        tmp_path / "dir.zarr",
+        tmp_path / "out",
+        tmp_path / "m.json",
+        tmp_path / "comp.zarr",
+    )
     assert [result["components"][f"comp0{i}"]["moves"] for i in range(3)] == local
     assert all(abs(c["std_per_s"]) > abs(c["runner_up_std_per_s"]) for c in result["components"].values())
     assert len(pd.read_csv(tmp_path / "out" / "components.csv")) == 3
@@ -119,8 +137,14 @@ def test_evaluate_with_the_real_oracle_runs_and_flags(linear_setup, tmp_path):
     params, d = linear_setup
     gen = load_generator(d / "gan" / "generator.safetensors")
     true_directions_store(gen, tmp_path / "dir.zarr")
-    result = evaluate.run(params, d / "gan" / "generator.safetensors", d / "oracle", tmp_path / "dir.zarr",
-                          tmp_path / "out", tmp_path / "m.json")
+    result = evaluate.run(
+        params,
+        d / "gan" / "generator.safetensors",
+        d / "oracle",
+        tmp_path / "dir.zarr",
+        tmp_path / "out",
+        tmp_path / "m.json",
+    )
     # a one-epoch width-4 oracle measures little: its weak factors are flagged
     assert set(result["flagged"]) <= set(SEMANTIC_NAMES) and len(result["flagged"]) > 0
     flags = pd.read_csv(tmp_path / "out" / "table2.csv", index_col="direction")["oracle_flag"].fillna("")
@@ -129,8 +153,10 @@ def test_evaluate_with_the_real_oracle_runs_and_flags(linear_setup, tmp_path):
 
 def test_sefa_reads_the_first_style_affine_of_stylegan2():
     from pipeline.generators import LatentGenerator, build_stylegan
-    G, _ = build_stylegan({"z_dim": 8, "w_dim": 8, "mapping_layers": 1, "resolution": 8, "channel_base": 64,
-                           "channel_max": 16})
+
+    G, _ = build_stylegan(
+        {"z_dim": 8, "w_dim": 8, "mapping_layers": 1, "resolution": 8, "channel_base": 64, "channel_max": 16}
+    )
     a = LatentGenerator(G, "stylegan2", {}).first_modulation()
     affine = G.synthesis_net.blocks["b4"].conv1.affine
     assert a.shape == (16, 8)

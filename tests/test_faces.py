@@ -1,4 +1,5 @@
 """Tests of the procedural face model: factor table, sampling, maps, locality, rendering."""
+
 from __future__ import annotations
 
 import pytest
@@ -73,9 +74,14 @@ def test_pose_presets():
 # --- maps ---------------------------------------------------------------------------
 def test_maps_ranges_hold_for_extreme_vectors():
     g = _gen(1)
-    wild = torch.cat([torch.randn(6, len(F.FACTORS), generator=g) * 1e4,
-                      torch.full((1, len(F.FACTORS)), -1e6), torch.full((1, len(F.FACTORS)), 1e6),
-                      F.sample_factors(4, g)])
+    wild = torch.cat(
+        [
+            torch.randn(6, len(F.FACTORS), generator=g) * 1e4,
+            torch.full((1, len(F.FACTORS)), -1e6),
+            torch.full((1, len(F.FACTORS)), 1e6),
+            F.sample_factors(4, g),
+        ]
+    )
     for size in (SIZE, 64):
         depth, albedo = F.canonical_maps(wild, size)
         assert depth.shape == (12, size, size) and albedo.shape == (12, 3, size, size)

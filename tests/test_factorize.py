@@ -1,11 +1,19 @@
 """Eq. 5 solvers on planted problems: recovery, monotone objective, constraints, sparsity."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models.factorize import (balance_parts, factorize, init_factors, match_directions, objective,
-                              prune_and_order, supports)
+from models.factorize import (
+    balance_parts,
+    factorize,
+    init_factors,
+    match_directions,
+    objective,
+    prune_and_order,
+    supports,
+)
 
 
 def planted(S=2048, d=48, P=6, noise=0.01, seed=0):
@@ -16,7 +24,7 @@ def planted(S=2048, d=48, P=6, noise=0.01, seed=0):
     U = torch.zeros(S, P, dtype=torch.float64)
     block = S // P
     for p in range(P):
-        U[p * block:(p + 1) * block, p] = torch.randn(block, generator=g, dtype=torch.float64) * (1 + 0.5 * p)
+        U[p * block : (p + 1) * block, p] = torch.randn(block, generator=g, dtype=torch.float64) * (1 + 0.5 * p)
     J = U @ V.T + noise * U.std() * torch.randn(S, d, generator=g, dtype=torch.float64)
     n = J.norm()
     return J / n, U / n, V
@@ -30,7 +38,7 @@ def test_fast_recovers_planted_sparse_factors(init):
     best = match_directions(fac.V.T, V_true.T)
     assert best.min() > 0.95, best
     # each recovered u_p sits on its planted block: > 95% of its energy inside
-    match = (V_true.T @ fac.V).abs().argmax(0)                     # planted index of each found component
+    match = (V_true.T @ fac.V).abs().argmax(0)  # planted index of each found component
     block = J.shape[0] // 6
     for p in range(6):
         rows = slice(int(match[p]) * block, (int(match[p]) + 1) * block)
@@ -116,8 +124,8 @@ def test_exact_jacobian_of_the_linear_generator_yields_true_localized_directions
     """The canonical maps of G(w) = render(f0 + M w) regressed on w give the exact J; its sparse
     factors must include true localized directions (the large ones: hair, skin, background...)."""
     from models import faces
-    from models.linear_semantics import NormalEquations
     from models.linear_generator import LinearFaceGenerator
+    from models.linear_semantics import NormalEquations
 
     g = torch.Generator().manual_seed(0)
     factors = faces.sample_factors(4096, g)

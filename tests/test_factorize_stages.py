@@ -1,4 +1,5 @@
 """Stages factorize and cluster on the linear ground-truth generator (tiny params)."""
+
 from __future__ import annotations
 
 import json
@@ -14,19 +15,30 @@ from pipeline import cli
 from pipeline.artifacts import open_store
 from pipeline.generators import load_generator
 from pipeline.params import parse_params
-from stages import cluster, decompose, factorize, faces, regress, sample_latents, train_gan, train_recon
+from stages import cluster, decompose, faces, factorize, regress, sample_latents, train_gan, train_recon
 
 
 def tiny(repo_root, **fact):
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(n_images=48, resolution=32, n_eval=4, chunk=16, batch_size=16)
-    raw["gan"].update(kind="linear", w_dim=16, resolution=32, grid=2, metric_samples=64, fid_samples=0,
-                      ppl_samples=0)
+    raw["gan"].update(kind="linear", w_dim=16, resolution=32, grid=2, metric_samples=64, fid_samples=0, ppl_samples=0)
     raw["latents"].update(n=96, chunk=32, batch_size=32)
-    raw["recon"].update(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8, steps=2,
-                        batch_size=4, snapshot_steps=2, n_eval=8, eval_batch=8, panel_images=2,
-                        allow_degenerate=True)  # a 2-step net is not judged
+    raw["recon"].update(
+        resolution=16,
+        nf_map=4,
+        zdim_map=8,
+        nf_encoder=4,
+        nf_conf=4,
+        zdim_conf=8,
+        steps=2,
+        batch_size=4,
+        snapshot_steps=2,
+        n_eval=8,
+        eval_batch=8,
+        panel_images=2,
+        allow_degenerate=True,
+    )  # a 2-step net is not judged
     raw["factorize"].update(components=8, iters=30, edit_components=2, edit_steps=3, **fact)
     return parse_params(raw)
 
@@ -35,6 +47,7 @@ def tiny(repo_root, **fact):
 def directions(tmp_path_factory):
     """The chain up to directions.zarr on tiny params (a barely trained decomposer: J is what it is)."""
     from tests.conftest import REPO
+
     d = tmp_path_factory.mktemp("factorize")
     p = tiny(REPO)
     faces.run(p, d / "faces.zarr", d / "r.csv", d / "m.json")
@@ -49,9 +62,15 @@ def directions(tmp_path_factory):
 
 def test_factorize_writes_components_figures_and_truth_match(repo_root, directions, tmp_path):
     d = directions
-    result = factorize.run(tiny(repo_root, min_norm=0.0), d / "directions.zarr", d / "latents.zarr",
-                           d / "gan" / "generator.safetensors", tmp_path / "comp.zarr", tmp_path / "fig",
-                           tmp_path / "m.json")
+    result = factorize.run(
+        tiny(repo_root, min_norm=0.0),
+        d / "directions.zarr",
+        d / "latents.zarr",
+        d / "gan" / "generator.safetensors",
+        tmp_path / "comp.zarr",
+        tmp_path / "fig",
+        tmp_path / "m.json",
+    )
     assert json.loads((tmp_path / "m.json").read_text()) == result
     store = open_store(tmp_path / "comp.zarr")
     k = result["kept"]
@@ -69,21 +88,47 @@ def test_factorize_writes_components_figures_and_truth_match(repo_root, directio
     np.testing.assert_allclose(list(result["localized_best_cos"].values()), best.numpy(), atol=1e-4)
     assert result["localized_matched_frac"] == pytest.approx(float((best > 0.9).double().mean()), abs=1e-4)
     # a kept component can be edited by name
-    code = cli.main(["edit", "--direction", "comp00", "--directions", str(tmp_path / "comp.zarr"), "--generator",
-                     str(d / "gan" / "generator.safetensors"), "--out", str(tmp_path / "e.png"), "--device", "cpu"])
+    code = cli.main(
+        [
+            "edit",
+            "--direction",
+            "comp00",
+            "--directions",
+            str(tmp_path / "comp.zarr"),
+            "--generator",
+            str(d / "gan" / "generator.safetensors"),
+            "--out",
+            str(tmp_path / "e.png"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0 and (tmp_path / "e.png").is_file()
     # min_norm drops small components
-    pruned = factorize.run(tiny(repo_root, min_norm=float(norms[2]) * 1.0001), d / "directions.zarr",
-                           d / "latents.zarr", d / "gan" / "generator.safetensors", tmp_path / "c2.zarr",
-                           tmp_path / "fig2", tmp_path / "m2.json")
+    pruned = factorize.run(
+        tiny(repo_root, min_norm=float(norms[2]) * 1.0001),
+        d / "directions.zarr",
+        d / "latents.zarr",
+        d / "gan" / "generator.safetensors",
+        tmp_path / "c2.zarr",
+        tmp_path / "fig2",
+        tmp_path / "m2.json",
+    )
     assert pruned["kept"] == 2
 
 
 def test_cluster_groups_and_scores_components(repo_root, directions, tmp_path):
     d = directions
     params = tiny(repo_root, min_norm=0.0)
-    factorize.run(params, d / "directions.zarr", d / "latents.zarr", d / "gan" / "generator.safetensors",
-                  tmp_path / "comp.zarr", tmp_path / "fig", tmp_path / "m.json")
+    factorize.run(
+        params,
+        d / "directions.zarr",
+        d / "latents.zarr",
+        d / "gan" / "generator.safetensors",
+        tmp_path / "comp.zarr",
+        tmp_path / "fig",
+        tmp_path / "m.json",
+    )
     result = cluster.run(params, tmp_path / "comp.zarr", tmp_path / "clusters", tmp_path / "c.json")
     assert result["n_clusters"] == 3 and sum(result["cluster_sizes"].values()) == 8
     table = pd.read_csv(tmp_path / "clusters" / "clusters.csv")
@@ -93,8 +138,9 @@ def test_cluster_groups_and_scores_components(repo_root, directions, tmp_path):
     majority = scored.groupby("cluster").region.agg(lambda r: r.value_counts().index[0])
     expect = float((scored.region == scored.cluster.map(majority)).mean())
     assert result["purity"] == pytest.approx(expect, abs=1e-4)
-    assert result["purity_one_cluster"] == pytest.approx(float(scored.region.value_counts().iloc[0] / len(scored)),
-                                                         abs=1e-4)
+    assert result["purity_one_cluster"] == pytest.approx(
+        float(scored.region.value_counts().iloc[0] / len(scored)), abs=1e-4
+    )
     for name in ("dendrogram.png", "supports.png"):
         assert (tmp_path / "clusters" / name).is_file()
 
@@ -102,7 +148,14 @@ def test_cluster_groups_and_scores_components(repo_root, directions, tmp_path):
 def test_cluster_refuses_too_few_components(repo_root, directions, tmp_path):
     d = directions
     params = tiny(repo_root, min_norm=10.0)
-    factorize.run(params, d / "directions.zarr", d / "latents.zarr", d / "gan" / "generator.safetensors",
-                  tmp_path / "comp.zarr", tmp_path / "fig", tmp_path / "m.json")
+    factorize.run(
+        params,
+        d / "directions.zarr",
+        d / "latents.zarr",
+        d / "gan" / "generator.safetensors",
+        tmp_path / "comp.zarr",
+        tmp_path / "fig",
+        tmp_path / "m.json",
+    )
     with pytest.raises(ValueError, match="keeps 0 component"):
         cluster.run(params, tmp_path / "comp.zarr", tmp_path / "clusters", tmp_path / "c.json")

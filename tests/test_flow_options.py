@@ -1,6 +1,7 @@
 """params.yaml's `flow` section: per-stage retries and time limits, validated against dvc.yaml,
 and what they do in the Prefect flow: a stage past its limit is stopped with every process
 it started, shows as TimedOut (after its retries), and a rerun continues from the cached stages."""
+
 from __future__ import annotations
 
 import os
@@ -29,10 +30,18 @@ def _running(pid: int) -> bool:
 
 # ---- validation -----------------------------------------------------------------------------
 
+
 def test_flow_overrides_resolve_per_stage():
-    flow = parse_params({"flow": {"retries": 1, "timeout_s": 3600,
-                                  "stage_retries": {"train_gan": 3},
-                                  "stage_timeouts": {"faces": 60, "preview": None}}}).flow
+    flow = parse_params(
+        {
+            "flow": {
+                "retries": 1,
+                "timeout_s": 3600,
+                "stage_retries": {"train_gan": 3},
+                "stage_timeouts": {"faces": 60, "preview": None},
+            }
+        }
+    ).flow
     assert flow.retries_for("train_gan") == 3 and flow.retries_for("faces") == 1
     assert flow.timeout_for("faces") == 60 and flow.timeout_for("train_gan") == 3600
     assert flow.timeout_for("preview") is None  # null: no limit for that stage
@@ -41,15 +50,18 @@ def test_flow_overrides_resolve_per_stage():
     assert defaults.timeout_for("faces") is None and defaults.retries_for("faces") == 0
 
 
-@pytest.mark.parametrize("flow, fragments", [
-    ({"stage_retries": {"train_gna": 2}}, ["flow.stage_retries", "train_gna", "train_gan"]),
-    ({"stage_timeouts": {"nope": 5}}, ["flow.stage_timeouts", "nope", "faces"]),
-    ({"stage_timeouts": {"faces": 0}}, ["flow.stage_timeouts.faces", "greater than 0"]),
-    ({"stage_retries": {"faces": 11}}, ["flow.stage_retries.faces", "less than or equal to 10"]),
-    ({"stage_retries": {"faces": "x"}}, ["flow.stage_retries.faces", "'x'"]),
-    ({"timeout_s": -1}, ["flow.timeout_s", "greater than 0"]),
-    ({"timeouts": 5}, ["flow.timeouts", "unknown key", "stage_timeouts"]),
-])
+@pytest.mark.parametrize(
+    "flow, fragments",
+    [
+        ({"stage_retries": {"train_gna": 2}}, ["flow.stage_retries", "train_gna", "train_gan"]),
+        ({"stage_timeouts": {"nope": 5}}, ["flow.stage_timeouts", "nope", "faces"]),
+        ({"stage_timeouts": {"faces": 0}}, ["flow.stage_timeouts.faces", "greater than 0"]),
+        ({"stage_retries": {"faces": 11}}, ["flow.stage_retries.faces", "less than or equal to 10"]),
+        ({"stage_retries": {"faces": "x"}}, ["flow.stage_retries.faces", "'x'"]),
+        ({"timeout_s": -1}, ["flow.timeout_s", "greater than 0"]),
+        ({"timeouts": 5}, ["flow.timeouts", "unknown key", "stage_timeouts"]),
+    ],
+)
 def test_bad_flow_params_name_the_key(flow, fragments):
     with pytest.raises(ParamsError) as info:
         parse_params({"flow": flow})
@@ -95,10 +107,12 @@ _READY = "; print('ready', flush=True); "  # the child says so once its signal h
 def test_stop_process_tree_leaves_nothing_running(ignore_term):
     """dvc -> stage command, modelled by a parent and its sleeping child: both end, the child
     first; a child that ignores SIGTERM is killed after the grace period."""
-    child = (f"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN){_READY}time.sleep(60)"
-             if ignore_term else f"import time{_READY}time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", _TREE.format(child=child)],
-                            stdout=subprocess.PIPE, text=True)
+    child = (
+        f"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN){_READY}time.sleep(60)"
+        if ignore_term
+        else f"import time{_READY}time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", _TREE.format(child=child)], stdout=subprocess.PIPE, text=True)
     grandchild = int(proc.stdout.readline())
     assert proc.stdout.readline().strip() == "ready"  # readiness signal, not a sleep
     t0 = time.monotonic()
@@ -111,14 +125,21 @@ def test_stop_process_tree_leaves_nothing_running(ignore_term):
 
 # ---- in the flow ----------------------------------------------------------------------------
 
-SLOW = ('import os, time; open("slow.pids", "a").write(f"{os.getpid()}\\n"); '
-        'time.sleep(float(os.environ.get("SLOW_S", "60"))); open("slow.txt", "w").write("done")')
-DVC_YAML = {"stages": {
-    "quick": {"cmd": "python -c 'open(\"quick.txt\", \"w\").write(\"done\")'", "outs": ["quick.txt"]},
-    "slow": {"cmd": f"python -c '{SLOW}'", "deps": ["quick.txt"], "outs": ["slow.txt"]},
-    "after": {"cmd": "python -c 'open(\"after.txt\", \"w\").write(\"done\")'", "deps": ["slow.txt"],
-              "outs": ["after.txt"]},
-}}
+SLOW = (
+    'import os, time; open("slow.pids", "a").write(f"{os.getpid()}\\n"); '
+    'time.sleep(float(os.environ.get("SLOW_S", "60"))); open("slow.txt", "w").write("done")'
+)
+DVC_YAML = {
+    "stages": {
+        "quick": {"cmd": 'python -c \'open("quick.txt", "w").write("done")\'', "outs": ["quick.txt"]},
+        "slow": {"cmd": f"python -c '{SLOW}'", "deps": ["quick.txt"], "outs": ["slow.txt"]},
+        "after": {
+            "cmd": 'python -c \'open("after.txt", "w").write("done")\'',
+            "deps": ["slow.txt"],
+            "outs": ["after.txt"],
+        },
+    }
+}
 
 
 def _tool_env(root: Path) -> dict[str, str]:
@@ -146,8 +167,11 @@ def test_timeout_stops_the_stage_then_a_rerun_continues_from_the_cache(tmp_path)
     root = tmp_path / "repo"
     root.mkdir()
     (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
-    (root / "params.yaml").write_text(yaml.safe_dump(  # 10 s: dvc status + dvc repro fit it on a busy machine
-        {"flow": {"retry_delay_s": 0, "stage_retries": {"slow": 1}, "stage_timeouts": {"slow": 10}}}))
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(  # 10 s: dvc status + dvc repro fit it on a busy machine
+            {"flow": {"retry_delay_s": 0, "stage_retries": {"slow": 1}, "stage_timeouts": {"slow": 10}}}
+        )
+    )
     env = _tool_env(root)
     env["SLOW_S"] = "600"  # far past the limit: only a stop ends it
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
@@ -201,15 +225,18 @@ def test_the_flows_own_task_runner_follows_params_yaml(tmp_path, runner, where):
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"flow": {"task_runner": runner, "dask_workers": 1}}))
     (tmp_path / "probe.py").write_text(WHERE)
-    proc = subprocess.run([sys.executable, "probe.py"], cwd=tmp_path, env=_tool_env(tmp_path),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "probe.py"], cwd=tmp_path, env=_tool_env(tmp_path), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.split("\n")[-2] == f"ParamsTaskRunner {where}", proc.stdout[-2000:]
 
 
-PART = ('import os, sys, time; part = sys.argv[-1]; open("parts.log", "a").write(f"{os.getpid()} {part}\\n"); '
-        'time.sleep(float(os.environ.get("SLOW_S", "60")) if "/" in part else 0); '
-        'part == "--finalize" and open("out.txt", "w").write("done")')
+PART = (
+    'import os, sys, time; part = sys.argv[-1]; open("parts.log", "a").write(f"{os.getpid()} {part}\\n"); '
+    'time.sleep(float(os.environ.get("SLOW_S", "60")) if "/" in part else 0); '
+    'part == "--finalize" and open("out.txt", "w").write("done")'
+)
 
 
 @pytest.mark.slow
@@ -218,10 +245,21 @@ def test_shard_tasks_get_the_stages_time_limit_and_retries(tmp_path):
     by the stage's timeout, stopped past it, retried `stage_retries` times; a rerun completes it."""
     root = tmp_path / "repo"
     root.mkdir()
-    (root / "dvc.yaml").write_text(yaml.safe_dump(
-        {"stages": {"decompose": {"cmd": f"python -c '{PART}'", "outs": ["out.txt"]}}}))
-    (root / "params.yaml").write_text(yaml.safe_dump({"flow": {
-        "shards": 2, "retry_delay_s": 0, "stage_retries": {"decompose": 1}, "stage_timeouts": {"decompose": 10}}}))
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"decompose": {"cmd": f"python -c '{PART}'", "outs": ["out.txt"]}}})
+    )
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "flow": {
+                    "shards": 2,
+                    "retry_delay_s": 0,
+                    "stage_retries": {"decompose": 1},
+                    "stage_timeouts": {"decompose": 10},
+                }
+            }
+        )
+    )
     env = _tool_env(root)
     env["SLOW_S"] = "600"
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
@@ -241,8 +279,9 @@ def test_shard_tasks_get_the_stages_time_limit_and_retries(tmp_path):
     second = subprocess.run(run, cwd=root, env=env, capture_output=True, text=True, timeout=180)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     assert (root / "out.txt").read_text() == "done"
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, env=env,
-                            capture_output=True, text=True, check=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"], cwd=root, env=env, capture_output=True, text=True, check=True
+    )
     assert (status.stdout.strip() or "{}") == "{}"  # dvc commit recorded the sharded run
 
 
@@ -256,8 +295,13 @@ def test_a_run_killed_with_sigkill_leaves_no_process_behind(tmp_path):
     (root / "params.yaml").write_text(yaml.safe_dump({"flow": {}}))
     env = _tool_env(root)
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
-    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], cwd=root, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (root / "slow.pids").exists():  # readiness: the slow stage's command has started
         assert run.poll() is None and time.monotonic() < deadline, "the flow did not reach the slow stage"
@@ -281,15 +325,21 @@ def test_a_second_run_on_the_same_checkout_is_refused_naming_the_first(tmp_path)
     (root / "params.yaml").write_text(yaml.safe_dump({"flow": {}}))
     env = _tool_env(root)
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
-    first = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], cwd=root, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (root / "slow.pids").exists():
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
-        second = subprocess.run([sys.executable, "-m", "pipeline.cli", "run"], cwd=root, env=env,
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run"], cwd=root, env=env, capture_output=True, text=True, timeout=60
+        )
         assert second.returncode == 2
         assert f"another `facesem run` (pid {first.pid}, started" in second.stderr, second.stderr[-2000:]
     finally:
@@ -297,8 +347,10 @@ def test_a_second_run_on_the_same_checkout_is_refused_naming_the_first(tmp_path)
         first.wait()
 
 
-SPAN = ('import os, sys, time; t0 = time.time(); time.sleep(0.5); '
-        'open("spans.log", "a").write(f"{sys.argv[-1]} {t0} {time.time()}\\n"); open(sys.argv[-1] + ".txt", "w")')
+SPAN = (
+    "import os, sys, time; t0 = time.time(); time.sleep(0.5); "
+    'open("spans.log", "a").write(f"{sys.argv[-1]} {t0} {time.time()}\\n"); open(sys.argv[-1] + ".txt", "w")'
+)
 FAIL = 'import sys; open("attempts.log", "a").write("x\\n"); sys.exit(1)'
 
 
@@ -310,17 +362,18 @@ def test_retries_and_max_parallel_in_the_flow(tmp_path):
     stages = {name: {"cmd": f"python -c '{SPAN}' {name}", "outs": [f"{name}.txt"]} for name in ("a", "b", "c")}
     stages["fails"] = {"cmd": f"python -c '{FAIL}'", "outs": ["never.txt"]}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
-    (root / "params.yaml").write_text(yaml.safe_dump({"flow": {"max_parallel": 1, "retries": 2,
-                                                               "retry_delay_s": 0}}))
+    (root / "params.yaml").write_text(yaml.safe_dump({"flow": {"max_parallel": 1, "retries": 2, "retry_delay_s": 0}}))
     env = _tool_env(root)
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run"], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run"], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 2 and "fails: Failed" in out, out[-3000:]
     assert (root / "attempts.log").read_text().count("x") == 3  # the first attempt and 2 retries
-    spans = sorted((float(t0), float(t1)) for _, t0, t1 in
-                   (line.split() for line in (root / "spans.log").read_text().splitlines()))
+    spans = sorted(
+        (float(t0), float(t1)) for _, t0, t1 in (line.split() for line in (root / "spans.log").read_text().splitlines())
+    )
     assert len(spans) == 3
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end, f"two stages ran at once with flow.max_parallel 1: {spans}"

@@ -1,4 +1,5 @@
 """FID and PPL math on cases with known answers, and the stage's metrics on a tiny run."""
+
 import numpy as np
 import pytest
 import torch
@@ -29,8 +30,14 @@ def test_path_length_of_a_linear_generator():
     # G(w) = A w with L2 distance squared: d / eps^2 = |A (w1 - w0)|^2 exactly
     A = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     z = torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    lengths = path_length(lambda z: z, lambda w: w @ A.T, lambda a, b: ((a - b) ** 2).sum(1), z,
-                          epsilon=1e-3, generator=torch.Generator().manual_seed(3))
+    lengths = path_length(
+        lambda z: z,
+        lambda w: w @ A.T,
+        lambda a, b: ((a - b) ** 2).sum(1),
+        z,
+        epsilon=1e-3,
+        generator=torch.Generator().manual_seed(3),
+    )
     expected = ((z[10:] - z[:10]) @ A.T).pow(2).sum(1)
     torch.testing.assert_close(lengths, expected)
     assert ppl_summary(lengths) <= float(expected.max())
@@ -41,9 +48,11 @@ def test_path_length_of_a_linear_generator():
 
 def test_train_gan_reports_fid_and_ppl_with_their_space(repo_root, tmp_path):
     from pipeline.inception import inception_path
+
     inception_path()  # installed by the Makefile; a missing network must fail, not skip
-    from tests.test_gan_stages import tiny
     from stages import faces, train_gan
+    from tests.test_gan_stages import tiny
+
     params = tiny(repo_root, kind="linear", fid_samples=6, ppl_samples=2)
     faces.run(params, tmp_path / "f.zarr", tmp_path / "r.csv", tmp_path / "m.json")
     result = train_gan.run(params, tmp_path / "f.zarr", tmp_path / "g", tmp_path / "run", tmp_path / "gm.json")
@@ -58,6 +67,7 @@ def test_train_gan_reports_fid_and_ppl_with_their_space(repo_root, tmp_path):
 @pytest.fixture(scope="module")
 def faces32():
     from models import faces
+
     f = faces.sample_factors(24, torch.Generator().manual_seed(0))
     images, _ = faces.render_faces(f, 32)
     return images * 2 - 1  # [24, 3, 32, 32] in [-1, 1]
@@ -65,12 +75,15 @@ def faces32():
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(faces32):
     from pipeline.inception import inception_features
+
     real = feature_statistics(inception_features(faces32))
     assert abs(frechet_distance(*real, *real)) < 1e-3
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(faces32.shape, generator=g)
-    fids = [frechet_distance(*real, *feature_statistics(inception_features((faces32 + s * noise).clamp(-1, 1))))
-            for s in (0.1, 0.4)]
+    fids = [
+        frechet_distance(*real, *feature_statistics(inception_features((faces32 + s * noise).clamp(-1, 1))))
+        for s in (0.1, 0.4)
+    ]
     assert 0 < fids[0] < fids[1], fids
 
 
@@ -78,12 +91,24 @@ def test_ppl_is_larger_for_a_generator_with_larger_jumps(faces32):
     """Two generators between the same two faces: a smooth blend and a near-step one. In Inception
     space (the PPL the stage reports) the abrupt one has the longer paths."""
     from pipeline.inception import inception_sq_distance
+
     a, b = faces32[:1], faces32[1:2]
 
     def blend(sharpness):
         return lambda w: a + (b - a) * torch.sigmoid(sharpness * w[:, :1, None, None])
 
     z = torch.randn(8, 2, generator=torch.Generator().manual_seed(2)) * 0.2
-    smooth, jumpy = (ppl_summary(path_length(lambda z: z, blend(k), inception_sq_distance, z, epsilon=1e-2,
-                                             generator=torch.Generator().manual_seed(3))) for k in (1.0, 40.0))
+    smooth, jumpy = (
+        ppl_summary(
+            path_length(
+                lambda z: z,
+                blend(k),
+                inception_sq_distance,
+                z,
+                epsilon=1e-2,
+                generator=torch.Generator().manual_seed(3),
+            )
+        )
+        for k in (1.0, 40.0)
+    )
     assert jumpy > 5 * smooth > 0, (smooth, jumpy)

@@ -1,4 +1,5 @@
 """Stages train_gan and sample_latents on tiny params: resume, NaN guard, linear truth, shards."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,9 +19,24 @@ def tiny(repo_root, **gan):
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(n_images=64, resolution=32, n_eval=4, chunk=32, batch_size=32)
-    raw["gan"].update(init="scratch", kimg=0.064, snapshot_kimg=0.032, batch_size=8, decorr_batch_size=64, log_every=1,
-                      channel_base=128, channel_max=16, mapping_layers=2, z_dim=16, w_dim=16, grid=2,
-                      metric_samples=64, resolution=16, fid_samples=0, ppl_samples=0)
+    raw["gan"].update(
+        init="scratch",
+        kimg=0.064,
+        snapshot_kimg=0.032,
+        batch_size=8,
+        decorr_batch_size=64,
+        log_every=1,
+        channel_base=128,
+        channel_max=16,
+        mapping_layers=2,
+        z_dim=16,
+        w_dim=16,
+        grid=2,
+        metric_samples=64,
+        resolution=16,
+        fid_samples=0,
+        ppl_samples=0,
+    )
     raw["gan"].update(gan)
     raw["latents"].update(n=40, chunk=16, batch_size=8)
     return parse_params(raw)
@@ -29,6 +45,7 @@ def tiny(repo_root, **gan):
 @pytest.fixture(scope="module")
 def faces_store(tmp_path_factory, repo_root=None):
     from tests.conftest import REPO
+
     d = tmp_path_factory.mktemp("faces")
     faces.run(tiny(REPO), d / "faces.zarr", d / "r.csv", d / "m.json")
     return d / "faces.zarr"
@@ -168,8 +185,13 @@ def test_sharded_sampling_equals_single_process(repo_root, faces_store, tmp_path
 
 
 def test_snapshot_grids_below_0_1_kimg_do_not_overwrite_each_other(repo_root, faces_store, tmp_path):
-    train_gan.run(tiny(repo_root, kimg=0.064, snapshot_kimg=0.016), faces_store, tmp_path / "o", tmp_path / "run",
-                  tmp_path / "m.json")
+    train_gan.run(
+        tiny(repo_root, kimg=0.064, snapshot_kimg=0.016),
+        faces_store,
+        tmp_path / "o",
+        tmp_path / "run",
+        tmp_path / "m.json",
+    )
     names = sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png"))
     assert names == ["kimg-00000.016.png", "kimg-00000.032.png", "kimg-00000.048.png", "kimg-00000.064.png"]
 
@@ -178,10 +200,15 @@ def test_changed_faces_data_invalidate_gan_and_recon_checkpoints(repo_root, face
     """Same params, other faces (data.seed 1): neither train_gan nor train_recon (on faces) resumes."""
     from models.recon_training import ReconTrainer
     from stages import train_recon
+
     other = tmp_path / "other.zarr"
     base = tiny(repo_root)
-    faces.run(base.model_copy(update={"data": base.data.model_copy(update={"seed": 1})}), other, tmp_path / "r.csv",
-              tmp_path / "f.json")
+    faces.run(
+        base.model_copy(update={"data": base.data.model_copy(update={"seed": 1})}),
+        other,
+        tmp_path / "r.csv",
+        tmp_path / "f.json",
+    )
     assert open_store(other).attrs["params_hash"] != open_store(faces_store).attrs["params_hash"]
     params = tiny(repo_root)
     train_gan.run(params, faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
@@ -192,9 +219,22 @@ def test_changed_faces_data_invalidate_gan_and_recon_checkpoints(repo_root, face
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(resolution=32)
-    raw["recon"].update(train_on="faces", resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8,
-                        steps=2, batch_size=4, snapshot_steps=1, n_eval=8, eval_batch=8, panel_images=2,
-                        allow_degenerate=True)
+    raw["recon"].update(
+        train_on="faces",
+        resolution=16,
+        nf_map=4,
+        zdim_map=8,
+        nf_encoder=4,
+        nf_conf=4,
+        zdim_conf=8,
+        steps=2,
+        batch_size=4,
+        snapshot_steps=1,
+        n_eval=8,
+        eval_batch=8,
+        panel_images=2,
+        allow_degenerate=True,
+    )
     rparams = parse_params(raw)
     train_recon.run(rparams, tmp_path / "none", faces_store, tmp_path / "rec", tmp_path / "rrun", tmp_path / "r.json")
     steps, real = [], ReconTrainer.step

@@ -10,8 +10,6 @@ from models.decorrelation import correlation_matrix, decorrelation_loss, mean_ab
 from models.gan_training import GANTrainer
 from models.stylegan2 import Discriminator, Generator
 
-
-
 # ----------------------------------------------------------- decorrelation
 
 
@@ -118,7 +116,9 @@ def two_colour_images(n, generator, resolution=8):
 
 def make_trainer(seed=0, resolution=8, batch_size=8, **kwargs):
     torch.manual_seed(seed)
-    G = Generator(z_dim=16, w_dim=16, mapping_layers=2, resolution=resolution, channel_base=16 * resolution, channel_max=16)
+    G = Generator(
+        z_dim=16, w_dim=16, mapping_layers=2, resolution=resolution, channel_base=16 * resolution, channel_max=16
+    )
     D = Discriminator(resolution=resolution, channel_base=16 * resolution, channel_max=16)
     kwargs.setdefault("lr", 0.002)
     return GANTrainer(G, D, batch_size=batch_size, seed=seed, **kwargs)
@@ -141,8 +141,9 @@ def test_gradient_isolation_of_decorrelation_loss():
         base = make_trainer(seed=4, style_mixing_prob=0.9, decorr_batch_size=decorr_batch_size)
         grads = {}
         for weight in (0.0, 5.0):
-            tr = make_trainer(seed=4, decorr_weight=weight, decorr_batch_size=decorr_batch_size,
-                              G_ema=copy.deepcopy(base.G_ema))
+            tr = make_trainer(
+                seed=4, decorr_weight=weight, decorr_batch_size=decorr_batch_size, G_ema=copy.deepcopy(base.G_ema)
+            )
             tr.G.load_state_dict(base.G.state_dict())
             tr.D.load_state_dict(base.D.state_dict())
             stats = tr.g_main_phase()
@@ -255,7 +256,7 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
         for key in sa:
             if not key.startswith("time_"):
                 assert sb[key] == pytest.approx(sa[key], rel=1e-5, abs=1e-6), key
-    for (na, pa), (nb, pb) in zip(a.G_ema.named_parameters(), b.G_ema.named_parameters()):
+    for (na, pa), (_, pb) in zip(a.G_ema.named_parameters(), b.G_ema.named_parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=na)
 
 
@@ -314,15 +315,27 @@ def test_decorrelation_weight_decorrelates_the_mapping_output():
 def test_trainer_runs_on_cuda_and_resumes():
     tr = make_trainer(r1_interval=2, pl_interval=2)
     tr_cuda = GANTrainer(
-        copy.deepcopy(tr.G).cuda(), copy.deepcopy(tr.D).cuda(), batch_size=8, lr=0.002, seed=0,
-        r1_interval=2, pl_interval=2,
+        copy.deepcopy(tr.G).cuda(),
+        copy.deepcopy(tr.D).cuda(),
+        batch_size=8,
+        lr=0.002,
+        seed=0,
+        r1_interval=2,
+        pl_interval=2,
     )
     x = two_colour_images(8, torch.Generator().manual_seed(0))
     for _ in range(3):
         s = tr_cuda.step(x)
     assert all(math.isfinite(v) for v in s.values())
-    other = GANTrainer(copy.deepcopy(tr.G).cuda(), copy.deepcopy(tr.D).cuda(), batch_size=8, lr=0.002, seed=5,
-                       r1_interval=2, pl_interval=2)
+    other = GANTrainer(
+        copy.deepcopy(tr.G).cuda(),
+        copy.deepcopy(tr.D).cuda(),
+        batch_size=8,
+        lr=0.002,
+        seed=5,
+        r1_interval=2,
+        pl_interval=2,
+    )
     other.load_state_dict(tr_cuda.state_dict())
     a, b = tr_cuda.step(x), other.step(x)
     assert a["loss_G"] == pytest.approx(b["loss_G"], rel=1e-4)

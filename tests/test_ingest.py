@@ -1,4 +1,5 @@
 """The real-data path of stage `faces` (data.source: folder), on real photos shipped by scikit-image."""
+
 import csv
 
 import numpy as np
@@ -30,8 +31,9 @@ def _photo_folder(root):
 def test_folder_ingest_keeps_good_reports_bad(tmp_path):
     photos = tmp_path / "photos"
     _photo_folder(photos)
-    params = parse_params({"data": {"source": "folder", "path": str(photos), "resolution": 32,
-                                    "min_size": 16, "chunk": 4}})
+    params = parse_params(
+        {"data": {"source": "folder", "path": str(photos), "resolution": 32, "min_size": 16, "chunk": 4}}
+    )
     out, report, metrics = tmp_path / "faces.zarr", tmp_path / "report.csv", tmp_path / "m.json"
     result = faces_stage.run(params, out, report, metrics)
     assert result["n_images"] == 7 and result["n_skipped"] == 3
@@ -74,11 +76,15 @@ def _ingest(tmp_path, files: dict, **data):
     photos.mkdir()
     for name, write in files.items():
         write(photos / name)
-    params = parse_params({"data": {"source": "folder", "path": str(photos), "resolution": 32, "min_size": 16,
-                                    "chunk": 4, **data}})
+    params = parse_params(
+        {"data": {"source": "folder", "path": str(photos), "resolution": 32, "min_size": 16, "chunk": 4, **data}}
+    )
     result = faces_stage.run(params, tmp_path / "faces.zarr", tmp_path / "report.csv", tmp_path / "m.json")
-    kept = sorted(p.stem for p in photos.rglob("*") if p.name not in
-                  {r["path"].split("/")[-1] for r in csv.DictReader((tmp_path / "report.csv").open())})
+    kept = sorted(
+        p.stem
+        for p in photos.rglob("*")
+        if p.name not in {r["path"].split("/")[-1] for r in csv.DictReader((tmp_path / "report.csv").open())}
+    )
     images = open_store(tmp_path / "faces.zarr")["images"][:]
     rows = {r["path"].split("/")[-1]: r["reason"] for r in csv.DictReader((tmp_path / "report.csv").open())}
     assert result["n_images"] == len(kept) and result["n_skipped"] == len(rows)
@@ -113,8 +119,11 @@ def _bomb(path):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _grey(path):
@@ -154,5 +163,6 @@ def test_a_file_pillow_fails_on_in_any_way_is_skipped_and_named(tmp_path):
 
 def test_alpha_background_is_validated():
     from pipeline.params import ParamsError
+
     with pytest.raises(ParamsError, match="data.alpha_background"):
         parse_params({"data": {"alpha_background": [0, 300, 0]}})

@@ -5,6 +5,7 @@ dvc.yaml writes `data/s.zarr` (with `pipeline.artifacts.write_store`) and a metr
 from params.yaml; commit v1 (scale 1, 8 rows), `dvc exp run -S make.scale=3 -n bigger`,
 then commit v2 (scale 2, 12 rows, plus an incomplete store tracked with `dvc add`).
 """
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,11 @@ def _commit(root: Path, message: str) -> None:
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     """Every file of the work tree outside .git and .dvc (to check nothing changes)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not {".git", ".dvc"} & set(p.relative_to(root).parts)}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not {".git", ".dvc"} & set(p.relative_to(root).parts)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +167,19 @@ def test_array_stats_blockwise_match_numpy(tmp_path):
 
 def test_params_and_metrics_diff_tables():
     params = insp.params_diff({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"b": 2, "c": [1, 2]}, "e": None})
-    assert params.to_dict("records") == [{"key": "a.b", "old": 1, "new": 2},
-                                         {"key": "d", "old": 1, "new": insp.ABSENT},
-                                         {"key": "e", "old": insp.ABSENT, "new": None}]
-    metrics = insp.metrics_diff({"m.json": {"x": 1.0, "y": {"z": [1, 2]}, "s": "a", "f": True}},
-                                {"m.json": {"x": 1.5, "y": {"z": [1, 3]}, "s": "b", "f": False}})
+    assert params.to_dict("records") == [
+        {"key": "a.b", "old": 1, "new": 2},
+        {"key": "d", "old": 1, "new": insp.ABSENT},
+        {"key": "e", "old": insp.ABSENT, "new": None},
+    ]
+    metrics = insp.metrics_diff(
+        {"m.json": {"x": 1.0, "y": {"z": [1, 2]}, "s": "a", "f": True}},
+        {"m.json": {"x": 1.5, "y": {"z": [1, 3]}, "s": "b", "f": False}},
+    )
     assert metrics[["key", "old", "new", "delta"]].to_dict("records") == [
-        {"key": "x", "old": 1.0, "new": 1.5, "delta": 0.5}, {"key": "y.z[1]", "old": 2, "new": 3, "delta": 1}]
+        {"key": "x", "old": 1.0, "new": 1.5, "delta": 0.5},
+        {"key": "y.z[1]", "old": 2, "new": 3, "delta": 1},
+    ]
 
 
 # ---------------------------------------------------------------- revisions, no checkout
@@ -206,8 +216,17 @@ def test_listing_work_tree_and_rev(in_repo, capsys):
     code, out, _ = _facesem(capsys, "inspect")
     assert code == 0
     header, *lines = out.splitlines()
-    assert header.split() == ["artifact", "array", "shape", "dtype", "chunks", "stored_mb", "stage",
-                              "params_hash", "complete"]
+    assert header.split() == [
+        "artifact",
+        "array",
+        "shape",
+        "dtype",
+        "chunks",
+        "stored_mb",
+        "stage",
+        "params_hash",
+        "complete",
+    ]
     half = next(line for line in lines if line.startswith("half.zarr") or " half.zarr" in line)
     assert "half_stage" in half and half.split()[-1] == "False"
     assert any("values" in line and "make" in line and "h2" in line and line.split()[-1] == "True" for line in lines)
@@ -220,8 +239,10 @@ def test_listing_work_tree_and_rev(in_repo, capsys):
 
 def test_diff_params_metrics_arrays(in_repo, capsys):
     result = insp.diff(in_repo, "HEAD~1", "HEAD")
-    assert result.params.to_dict("records") == [{"key": "make.n", "old": 8, "new": 12},
-                                                {"key": "make.scale", "old": 1, "new": 2}]
+    assert result.params.to_dict("records") == [
+        {"key": "make.n", "old": 8, "new": 12},
+        {"key": "make.scale", "old": 1, "new": 2},
+    ]
     metrics = result.metrics.set_index("key")
     assert list(metrics.index) == ["eval.acc", "loss"]
     assert metrics.loc["loss", ["old", "new", "delta"]].tolist() == [1.0, 0.5, -0.5]
@@ -253,8 +274,9 @@ def test_diff_params_metrics_arrays(in_repo, capsys):
 
 def test_export_png_grid(in_repo, capsys, tmp_path):
     out_png = tmp_path / "old.png"
-    code, out, _ = _facesem(capsys, "inspect", "s/images", "--rev", "HEAD~1", "--export", str(out_png),
-                            "--rows", "4", "--zoom", "2")
+    code, out, _ = _facesem(
+        capsys, "inspect", "s/images", "--rev", "HEAD~1", "--export", str(out_png), "--rows", "4", "--zoom", "2"
+    )
     assert code == 0 and "4 images" in out
     with Image.open(out_png) as im:  # 2 x 2 grid of 8 px images, 1 px padding, zoomed x2
         assert im.size == (2 * (2 * 9 + 1), 2 * (2 * 9 + 1))
@@ -267,8 +289,9 @@ def test_export_png_grid(in_repo, capsys, tmp_path):
 
 
 def test_export_csv_rows_and_names(in_repo, capsys, tmp_path):
-    code, out, _ = _facesem(capsys, "inspect", "s/values", "--rev", "HEAD~1", "--export",
-                            str(tmp_path / "v.csv"), "--rows", "5")
+    code, out, _ = _facesem(
+        capsys, "inspect", "s/values", "--rev", "HEAD~1", "--export", str(tmp_path / "v.csv"), "--rows", "5"
+    )
     assert code == 0 and "5 rows x 3 columns" in out
     table = pd.read_csv(tmp_path / "v.csv", index_col="row")
     assert list(table.columns) == ["a", "b", "c"] and list(table.index) == [0, 1, 2, 3, 4]
@@ -307,19 +330,24 @@ def test_a_fresh_clone_reads_old_versions_from_a_remote_and_pulls(repo, capsys, 
 # ---------------------------------------------------------------- errors name what is at fault
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["nope"], "unknown artifact 'data/nope.zarr' at work tree (artifacts there: data/half.zarr, data/s.zarr)"),
-    (["s/nope", "--rev", "HEAD~1"], "unknown array 'nope' in data/s.zarr at HEAD~1 (*) "
-                                    "(arrays there: gt/depth, images, unit, values)"),
-    (["s", "--rev", "no-such-rev"], "unknown revision 'no-such-rev'"),
-    (["--diff", "HEAD", "no-such-rev"], "unknown revision 'no-such-rev'"),
-    (["half"], "artifact data/half.zarr at work tree is incomplete"),
-    (["half/x", "--rev", "HEAD"], "artifact data/half.zarr at HEAD"),
-    (["s/values", "--export", "x.png"], "data/s.zarr/values at work tree is float32 (12, 3): a PNG export needs"),
-    (["s/images", "--export", "x.csv"], "a CSV export needs a 1-D or 2-D array"),
-    (["s", "--export", "x.csv"], "--export needs an array"),
-    (["s/values", "--export", "x.txt"], "unknown format '.txt'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["nope"], "unknown artifact 'data/nope.zarr' at work tree (artifacts there: data/half.zarr, data/s.zarr)"),
+        (
+            ["s/nope", "--rev", "HEAD~1"],
+            "unknown array 'nope' in data/s.zarr at HEAD~1 (*) (arrays there: gt/depth, images, unit, values)",
+        ),
+        (["s", "--rev", "no-such-rev"], "unknown revision 'no-such-rev'"),
+        (["--diff", "HEAD", "no-such-rev"], "unknown revision 'no-such-rev'"),
+        (["half"], "artifact data/half.zarr at work tree is incomplete"),
+        (["half/x", "--rev", "HEAD"], "artifact data/half.zarr at HEAD"),
+        (["s/values", "--export", "x.png"], "data/s.zarr/values at work tree is float32 (12, 3): a PNG export needs"),
+        (["s/images", "--export", "x.csv"], "a CSV export needs a 1-D or 2-D array"),
+        (["s", "--export", "x.csv"], "--export needs an array"),
+        (["s/values", "--export", "x.txt"], "unknown format '.txt'"),
+    ],
+)
 def test_errors(in_repo, capsys, argv, message):
     code, out, err = _facesem(capsys, "inspect", *argv)
     head, _, tail = message.partition("(*)")  # (*): the short commit id

@@ -1,4 +1,5 @@
 """Tests of models/linear_semantics.py (paper Sec. 3.3, Eq. 2-4) and models/recon_metrics.py."""
+
 import math
 import warnings
 
@@ -7,7 +8,6 @@ import torch
 
 from models import linear_semantics as ls
 from models import recon_metrics as rm
-
 
 
 def planted(n, d, k=1, noise=0.1, seed=0):
@@ -114,6 +114,7 @@ def test_regression_underdetermined_warns_and_stays_finite():
 def test_projection_std_streams_a_zarr_array_in_chunks(tmp_path):
     """sigma_w of k directions over a Zarr w, 7 rows at a time, equals the in-memory std (N - 1)."""
     import zarr
+
     g = torch.Generator().manual_seed(3)
     w = torch.randn(50, 6, generator=g, dtype=torch.float64) * 3 + 5  # non-zero mean
     v = torch.randn(3, 6, generator=g, dtype=torch.float64) * 4

@@ -1,4 +1,5 @@
 """Stage train_oracle: held-out accuracy beats a trivial predictor; real data is skipped clearly."""
+
 from __future__ import annotations
 
 import json

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from pipeline.params import ParamsError, Params, load_params, parse_params
+from pipeline.params import Params, ParamsError, load_params, parse_params
 
 
 def test_repo_params_file_is_valid(repo_root):
@@ -15,14 +15,17 @@ def test_repo_params_file_is_valid(repo_root):
             assert set(values) == set(Params.model_fields[section].annotation.model_fields), section
 
 
-@pytest.mark.parametrize("raw, fragments", [
-    ({"data": {"resolution": 8}}, ["data.resolution", "greater than or equal to 16", "8"]),
-    ({"data": {"n_images": "many"}}, ["data.n_images", "'many'"]),
-    ({"data": {"sorce": "folder"}}, ["data.sorce", "unknown key", "source"]),
-    ({"data": {"pose": "side"}}, ["data.pose", "'frontal' or 'wide'"]),
-    ({"nonsense": 1}, ["nonsense", "unknown key", "data"]),
-    ({"device": "tpu"}, ["device", "tpu"]),
-])
+@pytest.mark.parametrize(
+    "raw, fragments",
+    [
+        ({"data": {"resolution": 8}}, ["data.resolution", "greater than or equal to 16", "8"]),
+        ({"data": {"n_images": "many"}}, ["data.n_images", "'many'"]),
+        ({"data": {"sorce": "folder"}}, ["data.sorce", "unknown key", "source"]),
+        ({"data": {"pose": "side"}}, ["data.pose", "'frontal' or 'wide'"]),
+        ({"nonsense": 1}, ["nonsense", "unknown key", "data"]),
+        ({"device": "tpu"}, ["device", "tpu"]),
+    ],
+)
 def test_bad_params_name_the_key(raw, fragments):
     with pytest.raises(ParamsError) as info:
         parse_params(raw)

@@ -1,5 +1,6 @@
 """End to end, in a temporary copy of the repo on tiny params: `dvc repro`, the Prefect flow,
 no-op second runs, and a param change that re-runs only the affected stage."""
+
 from __future__ import annotations
 
 import json
@@ -17,20 +18,48 @@ from pipeline.env import environment_defaults
 
 pytestmark = pytest.mark.slow
 
-TINY = {"device": "cpu",
-        "data": {"n_images": 48, "resolution": 32, "n_eval": 8, "chunk": 16, "batch_size": 16},
-        "preview": {"grid": 4, "scale": 1},
-        "gan": {"init": "scratch", "kimg": 0.032, "snapshot_kimg": 0.016, "batch_size": 8, "decorr_batch_size": 32,
-                "channel_base": 128, "channel_max": 16, "mapping_layers": 2, "z_dim": 16, "w_dim": 16,
-                "resolution": 16, "grid": 2, "metric_samples": 64, "fid_samples": 0, "ppl_samples": 0},
-        "latents": {"n": 32, "chunk": 16, "batch_size": 16},
-        "oracle": {"epochs": 1, "batch_size": 16, "width": 4},
-        "recon": {"resolution": 16, "nf_map": 4, "zdim_map": 8, "nf_encoder": 4, "nf_conf": 4, "zdim_conf": 8,
-                  "steps": 4, "batch_size": 4, "snapshot_steps": 2, "n_eval": 8, "eval_batch": 8,
-                  "panel_images": 2, "allow_degenerate": True},  # a 4-step net is not judged
-        "evaluate": {"n_samples": 64, "edit_samples": 8, "peers_k": 2, "batch_size": 64},
-        "factorize": {"components": 4, "iters": 10, "edit_components": 1, "edit_steps": 3, "min_norm": 0.0},
-        "flow": {"max_parallel": 2}}  # independent tiny stages run concurrently
+TINY = {
+    "device": "cpu",
+    "data": {"n_images": 48, "resolution": 32, "n_eval": 8, "chunk": 16, "batch_size": 16},
+    "preview": {"grid": 4, "scale": 1},
+    "gan": {
+        "init": "scratch",
+        "kimg": 0.032,
+        "snapshot_kimg": 0.016,
+        "batch_size": 8,
+        "decorr_batch_size": 32,
+        "channel_base": 128,
+        "channel_max": 16,
+        "mapping_layers": 2,
+        "z_dim": 16,
+        "w_dim": 16,
+        "resolution": 16,
+        "grid": 2,
+        "metric_samples": 64,
+        "fid_samples": 0,
+        "ppl_samples": 0,
+    },
+    "latents": {"n": 32, "chunk": 16, "batch_size": 16},
+    "oracle": {"epochs": 1, "batch_size": 16, "width": 4},
+    "recon": {
+        "resolution": 16,
+        "nf_map": 4,
+        "zdim_map": 8,
+        "nf_encoder": 4,
+        "nf_conf": 4,
+        "zdim_conf": 8,
+        "steps": 4,
+        "batch_size": 4,
+        "snapshot_steps": 2,
+        "n_eval": 8,
+        "eval_batch": 8,
+        "panel_images": 2,
+        "allow_degenerate": True,
+    },  # a 4-step net is not judged
+    "evaluate": {"n_samples": 64, "edit_samples": 8, "peers_k": 2, "batch_size": 64},
+    "factorize": {"components": 4, "iters": 10, "edit_components": 1, "edit_steps": 3, "min_norm": 0.0},
+    "flow": {"max_parallel": 2},
+}  # independent tiny stages run concurrently
 # every stage dvc.yaml declares (TINY must keep them all tiny)
 STAGES = tuple(yaml.safe_load((Path(__file__).resolve().parent.parent / "dvc.yaml").read_text())["stages"])
 
@@ -80,12 +109,18 @@ socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
 def tiny_repo(tmp_path_factory):
     """A git + DVC copy of the project's tracked and unignored files, with tiny params."""
     src = Path(__file__).resolve().parent.parent
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                           cwd=src, capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     root = tmp_path_factory.mktemp("repo")
     for rel in filter(None, files):
-        if (src / rel).is_file() and (not rel.startswith("data/") or rel == "data/raw/README.md"
-                                      or rel.startswith("data/shipped/")):
+        if (src / rel).is_file() and (
+            not rel.startswith("data/") or rel == "data/raw/README.md" or rel.startswith("data/shipped/")
+        ):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, root / rel)
     _set_params(root, TINY)
@@ -96,12 +131,19 @@ def tiny_repo(tmp_path_factory):
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(NET_GUARD)
     env["PYTHONPATH"] = os.pathsep.join([str(root), str(guard)])  # the copy's packages, not the editable install's
-    probe = _run([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 9), timeout=1)"],
-                 root, env, check=False)
+    probe = _run(
+        [sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 9), timeout=1)"],
+        root,
+        env,
+        check=False,
+    )
     assert "network access blocked" in probe.stderr, probe.stderr  # the guard is active in every process
     (guard / "attempts.log").unlink()
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"],
+    ):
         _run(cmd, root, env)
     yield root, env
     log = guard / "attempts.log"
@@ -115,7 +157,7 @@ def _dvc(root, env, *args):
 
 def _flow(root, env):
     proc = _run([sys.executable, "-m", "pipeline.cli", "run"], root, env)
-    states = dict(line.split() for line in proc.stdout.strip().splitlines()[-len(STAGES):])
+    states = dict(line.split() for line in proc.stdout.strip().splitlines()[-len(STAGES) :])
     return states, proc
 
 
@@ -126,6 +168,7 @@ def test_dvc_repro_then_flow_then_param_change(tiny_repo):
         assert f"Running stage '{stage}'" in first.stdout
     faces = root / "data" / "faces.zarr"
     from pipeline.artifacts import open_store
+
     group = open_store(faces)
     assert group["images"].shape == (48, 3, 32, 32) and group["gt/depth"].shape[0] == 8
     assert group.attrs["params"]["n_images"] == 48
@@ -167,6 +210,7 @@ def test_dvc_repro_then_flow_then_param_change(tiny_repo):
     assert (root / ".prefect").is_dir()
     # the report's headline tables were published as an artifact of the flow run
     import sqlite3
+
     with sqlite3.connect(root / ".prefect" / "prefect.db") as db:
         rows = db.execute("SELECT data FROM artifact WHERE key = 'facesem-report'").fetchall()
     assert rows and "Table 2 (diagonal)" in rows[-1][0]
@@ -178,6 +222,7 @@ def test_dask_sharded_stages_equal_the_single_process_run(tiny_repo):
     single-process `dvc repro` above, and DVC agrees the stages are up to date afterwards."""
     root, env = tiny_repo
     from pipeline.artifacts import open_store
+
     if not (root / "dvc.lock").is_file():
         _dvc(root, env, "repro", "decompose")
     stores = {"latents.zarr": ("z", "w", "images"), "semantics.zarr": ("semantics", "depth", "albedo")}
@@ -188,8 +233,9 @@ def test_dask_sharded_stages_equal_the_single_process_run(tiny_repo):
     proc = _run([sys.executable, "-m", "pipeline.cli", "run", "--target", "decompose"], root, env)
     assert "decompose-1of2" in proc.stdout + proc.stderr  # the shard tasks ran as tasks of the flow
     for (store, array), expected in before.items():
-        np.testing.assert_allclose(open_store(root / "data" / store)[array][:], expected, rtol=0, atol=1e-6,
-                                   err_msg=f"{store}/{array}")
+        np.testing.assert_allclose(
+            open_store(root / "data" / store)[array][:], expected, rtol=0, atol=1e-6, err_msg=f"{store}/{array}"
+        )
     status = json.loads(_dvc(root, env, "status", "decompose", "--json").stdout or "{}")
     assert status == {}, status
 
@@ -213,9 +259,11 @@ def test_decorrelation_ablation_is_a_dvc_experiment(tiny_repo):
         if isinstance(node, dict):
             if "data" in node and isinstance(node["data"], dict) and "params" in node["data"]:
                 data = node["data"]
-                yield (node.get("name") or data.get("name") or data.get("rev"),
-                       data["params"]["params.yaml"]["data"]["gan"]["decorr_weight"],
-                       data["metrics"].get("data/metrics/gan.json", {}).get("data", {}))
+                yield (
+                    node.get("name") or data.get("name") or data.get("rev"),
+                    data["params"]["params.yaml"]["data"]["gan"]["decorr_weight"],
+                    data["metrics"].get("data/metrics/gan.json", {}).get("data", {}),
+                )
             for value in node.values():
                 yield from rows(value)
         elif isinstance(node, list):

@@ -1,4 +1,5 @@
 """Collapse detection of the 3D decomposition (models.recon_health) on forced collapses."""
+
 from __future__ import annotations
 
 import torch
@@ -95,10 +96,12 @@ def test_a_loss_far_above_its_best_is_divergence():
 
 def _saturated_translation(model: Decomposer) -> Decomposer:
     """A view head whose output bias pushes tx and ty to the end of their range."""
+
     def hook(module, inputs, output):
         output = output.clone()
         output[:, 3:5] = 1.0
         return output
+
     model.view_net.register_forward_hook(hook)
     return model
 

@@ -1,4 +1,5 @@
 """Stages train_recon and decompose on tiny params; the ground-truth evaluation of a decomposer."""
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,26 @@ def tiny(repo_root, **recon):
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(n_images=48, resolution=32, n_eval=4, chunk=16, batch_size=16)
-    raw["gan"].update(kind="linear", w_dim=16, resolution=32, grid=2, metric_samples=64, fid_samples=0,
-                      ppl_samples=0)
+    raw["gan"].update(kind="linear", w_dim=16, resolution=32, grid=2, metric_samples=64, fid_samples=0, ppl_samples=0)
     raw["latents"].update(n=40, chunk=16, batch_size=8)
-    raw["recon"].update(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8, steps=6,
-                        batch_size=4, snapshot_steps=3, log_every=1, n_eval=12, eval_batch=8, panel_images=2,
-                        yaw_every=2, yaw_start=0, allow_degenerate=True)  # a 6-step net is not judged
+    raw["recon"].update(
+        resolution=16,
+        nf_map=4,
+        zdim_map=8,
+        nf_encoder=4,
+        nf_conf=4,
+        zdim_conf=8,
+        steps=6,
+        batch_size=4,
+        snapshot_steps=3,
+        log_every=1,
+        n_eval=12,
+        eval_batch=8,
+        panel_images=2,
+        yaw_every=2,
+        yaw_start=0,
+        allow_degenerate=True,
+    )  # a 6-step net is not judged
     raw["recon"].update(recon)
     return parse_params(raw)
 
@@ -37,18 +52,17 @@ def tiny(repo_root, **recon):
 def stores(tmp_path_factory):
     """faces.zarr, the linear ground-truth generator and latents.zarr of tiny params."""
     from tests.conftest import REPO
+
     d = tmp_path_factory.mktemp("recon")
     params = tiny(REPO)
     faces.run(params, d / "faces.zarr", d / "r.csv", d / "m.json")
     train_gan.run(params, d / "faces.zarr", d / "gan", d / "gan_run", d / "g.json")
     sample_latents.run(params, d / "gan" / "generator.safetensors", d / "latents.zarr")
-    return {"faces": d / "faces.zarr", "generator": d / "gan" / "generator.safetensors",
-            "latents": d / "latents.zarr"}
+    return {"faces": d / "faces.zarr", "generator": d / "gan" / "generator.safetensors", "latents": d / "latents.zarr"}
 
 
 def _train(params, stores, out):
-    return train_recon.run(params, stores["generator"], stores["faces"], out / "recon", out / "run",
-                           out / "m.json")
+    return train_recon.run(params, stores["generator"], stores["faces"], out / "recon", out / "run", out / "m.json")
 
 
 # ------------------------------------------------------------------ ground-truth evaluation
@@ -187,8 +201,15 @@ def test_changed_recon_params_restart_instead_of_resuming(repo_root, stores, tmp
     assert len((tmp_path / "run" / "curves.csv").read_text().splitlines()) == 1 + 6
 
 
-HEALTHY = {"probe_loss": -1.0, "valid_frac": 0.7, "recon_contrast": 0.9, "albedo_std": 0.2, "yaw_std_deg": 10.0,
-           "yaw_flip_bias_deg": 0.0, "convexity": 0.02}
+HEALTHY = {
+    "probe_loss": -1.0,
+    "valid_frac": 0.7,
+    "recon_contrast": 0.9,
+    "albedo_std": 0.2,
+    "yaw_std_deg": 10.0,
+    "yaw_flip_bias_deg": 0.0,
+    "convexity": 0.02,
+}
 
 
 def _scripted_probe(monkeypatch, *snapshots):
@@ -216,8 +237,11 @@ def test_a_collapse_restarts_from_the_best_snapshot_with_a_new_seed(repo_root, s
 
 def test_a_collapse_without_recoveries_left_stops_naming_the_signs(repo_root, stores, tmp_path, monkeypatch):
     _scripted_probe(monkeypatch, {}, {"recon_contrast": 0.01})
-    with pytest.raises(SystemExit, match=r"collapsed at step 6: reconstruction near-constant or black.*"
-                                         r"recon.max_recoveries"):
+    with pytest.raises(
+        SystemExit,
+        match=r"collapsed at step 6: reconstruction near-constant or black.*"
+        r"recon.max_recoveries",
+    ):
         _train(tiny(repo_root, max_recoveries=0), stores, tmp_path)
     assert not (tmp_path / "recon").exists()
 
@@ -234,8 +258,7 @@ def test_the_best_snapshot_is_exported_not_the_last(repo_root, stores, tmp_path,
     assert any(not torch.equal(exported[k], last[k]) for k in exported)
 
 
-def test_an_exported_decomposer_whose_yaw_never_varied_is_marked_degenerate(repo_root, stores, tmp_path,
-                                                                           monkeypatch):
+def test_an_exported_decomposer_whose_yaw_never_varied_is_marked_degenerate(repo_root, stores, tmp_path, monkeypatch):
     _scripted_probe(monkeypatch, {}, {}, {"yaw_std_deg": 0.5})  # snapshots fine, the export's yaw is constant
     result = _train(tiny(repo_root), stores, tmp_path)
     assert result["degenerate"] is True
@@ -250,8 +273,11 @@ def test_downstream_refuses_a_degenerate_decomposer_unless_allowed(repo_root, st
     sidecar = weights.with_suffix(".json")
     meta = json.loads(sidecar.read_text())
     sidecar.write_text(json.dumps({**meta, "degenerate": True, "degenerate_reasons": ["hollow face: test"]}))
-    with pytest.raises(ValueError, match=r"decomposer.safetensors: train_recon marked this decomposition "
-                                         r"degenerate \(hollow face: test\).*recon.allow_degenerate"):
+    with pytest.raises(
+        ValueError,
+        match=r"decomposer.safetensors: train_recon marked this decomposition "
+        r"degenerate \(hollow face: test\).*recon.allow_degenerate",
+    ):
         decompose.run(params, weights, stores["latents"], tmp_path / "s.zarr")
     assert not (tmp_path / "s.zarr").exists()
     decompose.run(tiny(repo_root), weights, stores["latents"], tmp_path / "s.zarr")  # allowed: goes on
@@ -292,5 +318,4 @@ def test_decompose_refuses_an_incomplete_latents_store(repo_root, stores, tmp_pa
     _train(params, stores, tmp_path)
     sample_latents.run(params, stores["generator"], tmp_path / "lat.zarr", "prepare")
     with pytest.raises(Exception, match="incomplete"):
-        decompose.run(params, tmp_path / "recon" / "decomposer.safetensors", tmp_path / "lat.zarr",
-                      tmp_path / "s.zarr")
+        decompose.run(params, tmp_path / "recon" / "decomposer.safetensors", tmp_path / "lat.zarr", tmp_path / "s.zarr")

@@ -1,4 +1,5 @@
 """Tests of models/recon_training.py: flip and mutual reconstructions, losses, yaw tracking, the trainer."""
+
 import math
 
 import pytest
@@ -9,12 +10,17 @@ from models import faces, recon_training
 from models.decomposition import Decomposer, Decomposition
 from models.linear_generator import LinearFaceGenerator
 from models.linear_semantics import unit
-from models.recon_training import (INVALID_COST, ReconTrainer, YawTracker, photometric_nll, reconstruction_losses,
-                                   render_reconstructions)
+from models.recon_training import (
+    INVALID_COST,
+    ReconTrainer,
+    YawTracker,
+    photometric_nll,
+    reconstruction_losses,
+    render_reconstructions,
+)
 from models.renderer import render
 
 TINY = dict(nf_map=8, zdim_map=16, nf_encoder=4, nf_conf=4, zdim_conf=8)
-
 
 
 def face_maps(n, size=32, asymmetry=1.0, seed=0):
@@ -130,8 +136,9 @@ def test_losses_mutual_term_uses_partner_and_is_skipped_at_zero():
     images = render_reconstructions(dec).recon.detach()  # exactly reconstructible (where rendered: cost 0 elsewhere)
     partner = torch.tensor([1, 0])
     model = FixedDecomposer(dec)
-    total, parts, _, _ = reconstruction_losses(model, images, swap_prob=0.4, partner=partner, erode_px=1,
-                                           invalid_cost=0.0)
+    total, parts, _, _ = reconstruction_losses(
+        model, images, swap_prob=0.4, partner=partner, erode_px=1, invalid_cost=0.0
+    )
     assert float(parts["recon"]) < 1e-3 and float(parts["recon_flip"]) > 0.005
     assert float(parts["mutual"]) > 0.05  # another face's depth and albedo do not explain the image
     own = parts["recon"] + 0.5 * parts["recon_flip"]
@@ -139,8 +146,9 @@ def test_losses_mutual_term_uses_partner_and_is_skipped_at_zero():
     # same maps for both images: the swap changes nothing, the mutual loss vanishes
     same = decomposition(depth[:1].repeat(2, 1, 1), albedo[:1].repeat(2, 1, 1, 1), view, light)
     images2 = render_reconstructions(same).recon.detach()
-    _, parts2, _, _ = reconstruction_losses(FixedDecomposer(same), images2, swap_prob=0.4, partner=partner,
-                                            invalid_cost=0.0)
+    _, parts2, _, _ = reconstruction_losses(
+        FixedDecomposer(same), images2, swap_prob=0.4, partner=partner, invalid_cost=0.0
+    )
     assert float(parts2["mutual"]) < 1e-3
     # swap_prob = 0: no mutual branch at all
     _, parts0, _, _ = reconstruction_losses(model, images, swap_prob=0.0, invalid_cost=0.0)
@@ -217,10 +225,23 @@ def test_nan_guard_names_the_loss_and_keeps_weights():
 
 
 def test_state_dict_round_trip_continues_identically():
-    gen = LinearFaceGenerator(8, faces.neutral_factors(1)[0], torch.full((len(faces.FACTOR_NAMES),), 0.0)
-                              .index_fill(0, torch.tensor([1]), 20.0), 16, seed=0)
-    make = lambda: ReconTrainer(Decomposer(resolution=16, **TINY), swap_prob=0.5, generate=gen.synthesis,  # noqa: E731
-                                yaw_augment=True, yaw_every=2, yaw_min_samples=6, yaw_buffer=32, seed=3)
+    gen = LinearFaceGenerator(
+        8,
+        faces.neutral_factors(1)[0],
+        torch.full((len(faces.FACTOR_NAMES),), 0.0).index_fill(0, torch.tensor([1]), 20.0),
+        16,
+        seed=0,
+    )
+    make = lambda: ReconTrainer(
+        Decomposer(resolution=16, **TINY),
+        swap_prob=0.5,
+        generate=gen.synthesis,  # noqa: E731
+        yaw_augment=True,
+        yaw_every=2,
+        yaw_min_samples=6,
+        yaw_buffer=32,
+        seed=3,
+    )
     torch.manual_seed(0)
     a = make()
     g = torch.Generator().manual_seed(0)
@@ -281,8 +302,14 @@ def test_trainer_adds_yaw_extrapolated_generations():
         return gen.synthesis(w)
 
     torch.manual_seed(0)
-    trainer = ReconTrainer(Decomposer(resolution=r, **TINY), generate=generate, yaw_augment=True,
-                           yaw_every=2, yaw_min_samples=6, yaw_fraction=0.5)
+    trainer = ReconTrainer(
+        Decomposer(resolution=r, **TINY),
+        generate=generate,
+        yaw_augment=True,
+        yaw_every=2,
+        yaw_min_samples=6,
+        yaw_fraction=0.5,
+    )
     g = torch.Generator().manual_seed(0)
     n_aug = []
     for _ in range(4):
@@ -295,8 +322,14 @@ def test_trainer_adds_yaw_extrapolated_generations():
     with pytest.raises(ValueError):
         ReconTrainer(trainer.decomposer, yaw_augment=True)
     # a warm-up: v_yaw is tracked from the start, augmentation begins at step yaw_start
-    late = ReconTrainer(Decomposer(resolution=r, **TINY), generate=generate, yaw_augment=True, yaw_every=2,
-                        yaw_min_samples=6, yaw_start=3)
+    late = ReconTrainer(
+        Decomposer(resolution=r, **TINY),
+        generate=generate,
+        yaw_augment=True,
+        yaw_every=2,
+        yaw_min_samples=6,
+        yaw_start=3,
+    )
     n_aug = []
     for _ in range(5):
         w = torch.randn(4, wd, generator=g)
@@ -332,8 +365,10 @@ def test_short_training_learns_depth_and_yaw():
     def evaluate():
         with torch.no_grad():
             out = model(images[test])
-        return (float(face_region_correlation(out.depth, depth[test], face).mean()),
-                corrcoef(out.view[:, 1], f[test, 1]))
+        return (
+            float(face_region_correlation(out.depth, depth[test], face).mean()),
+            corrcoef(out.view[:, 1], f[test, 1]),
+        )
 
     corr0, _ = evaluate()
     g = torch.Generator().manual_seed(1)
@@ -364,6 +399,7 @@ def test_yaw_extrapolation_is_capped_where_the_predicted_yaw_passes_the_limit():
 
 def test_mirror_consistency_is_zero_for_a_mirror_equivariant_view_and_catches_a_biased_yaw():
     from models.recon_training import mirror_consistency
+
     torch.manual_seed(0)
     model = Decomposer(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8)
     images = torch.rand(4, 3, 16, 16) * 2 - 1
@@ -374,8 +410,8 @@ def test_mirror_consistency_is_zero_for_a_mirror_equivariant_view_and_catches_a_
         output = output.clone()
         output[:, 1] = 0.5
         return output
+
     model.view_net.register_forward_hook(biased)
     dec = model(images)
     loss = mirror_consistency(model, images, dec.view, dec.light)
     assert float(loss) == pytest.approx((30 + 30) / 60 / 6)  # |30 - (-30)| in units of 60 degrees, 1 of 6 outputs
-

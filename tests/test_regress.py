@@ -1,4 +1,5 @@
 """Stage regress: planted linear semantics are recovered, streaming equals in memory, ridge path."""
+
 from __future__ import annotations
 
 import warnings
@@ -33,16 +34,21 @@ def planted(tmp_path, n=600, d=24, r=4, noise=0.01, seed=0):
     with write_store(tmp_path / "sem.zarr", "decompose", {}, "h") as group:
         group.create_array("semantics", data=y[:, :14].numpy(), chunks=(64, 14))
         group["semantics"].attrs["columns"] = list(SEMANTIC_NAMES)
-        group.create_array("depth", data=y[:, 14:14 + r * r].reshape(n, 1, r, r).numpy(), chunks=(64, 1, r, r))
-        group.create_array("albedo", data=y[:, 14 + r * r:].reshape(n, 3, r, r).numpy(), chunks=(64, 3, r, r))
+        group.create_array("depth", data=y[:, 14 : 14 + r * r].reshape(n, 1, r, r).numpy(), chunks=(64, 1, r, r))
+        group.create_array("albedo", data=y[:, 14 + r * r :].reshape(n, 3, r, r).numpy(), chunks=(64, 3, r, r))
     return w, a
 
 
 @pytest.mark.parametrize("scheme", ["random", "reference", "consecutive"])
 def test_planted_directions_and_jacobian_are_recovered(repo_root, tmp_path, scheme):
     w, a = planted(tmp_path)
-    result = regress.run(tiny(repo_root, scheme=scheme), tmp_path / "lat.zarr", tmp_path / "sem.zarr",
-                         tmp_path / "dir.zarr", tmp_path / "m.json")
+    result = regress.run(
+        tiny(repo_root, scheme=scheme),
+        tmp_path / "lat.zarr",
+        tmp_path / "sem.zarr",
+        tmp_path / "dir.zarr",
+        tmp_path / "m.json",
+    )
     out = open_store(tmp_path / "dir.zarr")
     v, jac = torch.from_numpy(out["directions"][:]), torch.from_numpy(out["jacobian"][:])
     cos = torch.nn.functional.cosine_similarity(v, a[:, :14].T, dim=1)
@@ -61,7 +67,7 @@ def test_streaming_equals_in_memory():
     w, y = torch.randn(203, 9, generator=g).double(), torch.randn(203, 5, generator=g).double()
     for scheme in ("reference", "consecutive"):
         eq = NormalEquations(9, 5)
-        blocks = [(w[i:i + 50], y[i:i + 50]) for i in range(0, 203, 50)]  # last block: 3 rows
+        blocks = [(w[i : i + 50], y[i : i + 50]) for i in range(0, 203, 50)]  # last block: 3 rows
         for dw, dy in stream_pairs(blocks, scheme):
             eq.add(dw, dy)
         dw, dy = pair_differences(w, y, scheme)
@@ -79,14 +85,20 @@ def test_streaming_equals_in_memory():
 def test_too_few_pairs_warn_and_use_a_ridge(repo_root, tmp_path):
     planted(tmp_path, n=20, d=24)
     with pytest.warns(RuntimeWarning, match="N = .* <= d = 24"):
-        result = regress.run(tiny(repo_root), tmp_path / "lat.zarr", tmp_path / "sem.zarr", tmp_path / "d.zarr",
-                             tmp_path / "m.json")
+        result = regress.run(
+            tiny(repo_root), tmp_path / "lat.zarr", tmp_path / "sem.zarr", tmp_path / "d.zarr", tmp_path / "m.json"
+        )
     assert np.isfinite(open_store(tmp_path / "d.zarr")["directions"][:]).all() and result["n_pairs"] == 20
     # an explicit ridge: no warning, and a smaller solution
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        regress.run(tiny(repo_root, ridge=10.0), tmp_path / "lat.zarr", tmp_path / "sem.zarr", tmp_path / "r.zarr",
-                    tmp_path / "m.json")
+        regress.run(
+            tiny(repo_root, ridge=10.0),
+            tmp_path / "lat.zarr",
+            tmp_path / "sem.zarr",
+            tmp_path / "r.zarr",
+            tmp_path / "m.json",
+        )
     small = np.linalg.norm(open_store(tmp_path / "r.zarr")["directions"][:])
     assert small < np.linalg.norm(open_store(tmp_path / "d.zarr")["directions"][:])
 
@@ -96,13 +108,15 @@ def test_mismatched_stores_are_refused(repo_root, tmp_path):
     with write_store(tmp_path / "lat2.zarr", "sample_latents", {}, "h") as group:
         group.create_array("w", data=np.zeros((100, 24), np.float32), chunks=(64, 24))
     with pytest.raises(ValueError, match="semantics.zarr has 128 rows, latents.zarr 100"):
-        regress.run(tiny(repo_root), tmp_path / "lat2.zarr", tmp_path / "sem.zarr", tmp_path / "d.zarr",
-                    tmp_path / "m.json")
+        regress.run(
+            tiny(repo_root), tmp_path / "lat2.zarr", tmp_path / "sem.zarr", tmp_path / "d.zarr", tmp_path / "m.json"
+        )
 
 
 def _planted_with(tmp_path, edit):
     """The planted stores with the semantics array edited in place by ``edit(y [n, 14])``."""
     import zarr
+
     w, a = planted(tmp_path)
     sem = zarr.open_group(str(tmp_path / "sem.zarr"), mode="r+")
     y = sem["semantics"][:]
@@ -114,15 +128,18 @@ def _planted_with(tmp_path, edit):
 def test_a_constant_semantic_is_flagged_with_undefined_r2(repo_root, tmp_path):
     def constant(y):
         y[:, SEMANTIC_NAMES.index("roll")] = 3.0
+
     _planted_with(tmp_path, constant)
-    result = regress.run(tiny(repo_root), tmp_path / "lat.zarr", tmp_path / "sem.zarr", tmp_path / "dir.zarr",
-                         tmp_path / "m.json")
+    result = regress.run(
+        tiny(repo_root), tmp_path / "lat.zarr", tmp_path / "sem.zarr", tmp_path / "dir.zarr", tmp_path / "m.json"
+    )
     assert result["r2"]["roll"] is None and "constant" in result["flagged"]["roll"]
     assert result["r2"]["yaw"] > 0.99 and list(result["flagged"]) == ["roll"]
     store = open_store(tmp_path / "dir.zarr")
     assert np.isnan(store["r2"][SEMANTIC_NAMES.index("roll")]) and "roll" in store.attrs["flagged"]
     assert np.abs(store["directions"][SEMANTIC_NAMES.index("roll")]).max() < 1e-6
     import json
+
     assert json.loads((tmp_path / "m.json").read_text())["r2"]["roll"] is None  # valid JSON, no NaN
 
 
@@ -130,10 +147,12 @@ def test_non_finite_measurements_are_dropped_counted_and_never_reach_a_direction
     def holes(y):
         y[7, SEMANTIC_NAMES.index("yaw")] = np.nan
         y[130, SEMANTIC_NAMES.index("pitch")] = np.inf
+
     w, a = _planted_with(tmp_path, holes)
     with caplog.at_level("WARNING"):
-        result = regress.run(tiny(repo_root), tmp_path / "lat.zarr", tmp_path / "sem.zarr", tmp_path / "dir.zarr",
-                             tmp_path / "m.json")
+        result = regress.run(
+            tiny(repo_root), tmp_path / "lat.zarr", tmp_path / "sem.zarr", tmp_path / "dir.zarr", tmp_path / "m.json"
+        )
     assert result["n_dropped"] == 2 and "2 of 600 samples" in caplog.text and "[7, 130]" in caplog.text
     store = open_store(tmp_path / "dir.zarr")
     for name in ("directions", "unit", "sigma_w", "r2"):

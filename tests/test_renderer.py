@@ -4,6 +4,7 @@ The reference below is deliberately independent of the module: scipy's
 rotations and bilinear interpolation, a dense march along each view ray in
 view-frame z, and bisection on the first sign change.
 """
+
 import math
 
 import numpy as np
@@ -36,8 +37,9 @@ def face_depth(size, seed):
 
 def random_views(seed, yaws):
     g = np.random.default_rng(seed)
-    return np.array([[g.uniform(-15, 15), y, g.uniform(-10, 10), *g.uniform(-0.03, 0.03, 2), g.uniform(-0.05, 0.05)]
-                     for y in yaws])
+    return np.array(
+        [[g.uniform(-15, 15), y, g.uniform(-10, 10), *g.uniform(-0.03, 0.03, 2), g.uniform(-0.05, 0.05)] for y in yaws]
+    )
 
 
 # ---------------------------------------------------------------- reference
@@ -81,7 +83,8 @@ def reference_warp(depth, canon, view, steps=4000, zrange=(0.7, 1.3)):
 def edge_pixels(mask, z, jump=5e-3):
     """Pixels within 1 px of a silhouette or of a view-depth discontinuity."""
     edge = binary_dilation(mask, np.ones((3, 3))) & ~mask | mask & ~np.all(
-        [np.roll(mask, s, a) for s in (-1, 1) for a in (0, 1)], 0)
+        [np.roll(mask, s, a) for s in (-1, 1) for a in (0, 1)], 0
+    )
     for a in (0, 1):
         step = np.abs(np.diff(z, axis=a)) > jump
         pad = [(0, 0), (0, 0)]
@@ -211,8 +214,12 @@ def test_yaw_turns_nose_left_and_misses():
     v, u = np.unravel_index(dist.argmin().item(), (size, size))
     assert u < tip[1] - 2  # positive yaw moves the nose towards image left
     # a view that looks past the face sees nothing
-    img, mask, z = R.warp(torch.ones(1, 3, size, size, dtype=torch.float64), depth,
-                          torch.tensor([[0.0, 0, 0, 0.5, 0, 0]], dtype=torch.float64), background=0.25)
+    img, mask, z = R.warp(
+        torch.ones(1, 3, size, size, dtype=torch.float64),
+        depth,
+        torch.tensor([[0.0, 0, 0, 0.5, 0, 0]], dtype=torch.float64),
+        background=0.25,
+    )
     assert not mask.any() and (img == 0.25).all() and (z == 0).all()
 
 
@@ -221,7 +228,7 @@ def test_jagged_depth_never_skips_a_hit():
     hit, ours is a hit that is not further away (it may find slivers the reference
     steps over)."""
     size, g = 16, np.random.default_rng(11)
-    for i, yaw in enumerate([0, 35, -60]):
+    for yaw in [0, 35, -60]:
         depth = g.uniform(0.9, 1.1, (size, size))
         view = np.array([g.uniform(-10, 10), yaw, g.uniform(-5, 5), 0.0, 0.0, 0.0])
         _, rmask, rz = reference_warp(depth, np.zeros((1, size, size)), view, steps=20000)
@@ -256,8 +263,9 @@ def test_degenerate_views_are_finite():
     everything give finite values and gradients."""
     size = 16
     depth = torch.tensor(np.stack([face_depth(size, s) for s in range(3)])).requires_grad_()
-    view = torch.tensor([[0.0, 90.0, 0, 0, 0, 0], [0.0, 89.9, 0, 0, 0, 0], [0.0, 0, 0, 2.0, 0, 0]],
-                        dtype=torch.float64).requires_grad_()
+    view = torch.tensor(
+        [[0.0, 90.0, 0, 0, 0, 0], [0.0, 89.9, 0, 0, 0, 0], [0.0, 0, 0, 2.0, 0, 0]], dtype=torch.float64
+    ).requires_grad_()
     albedo = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     albedo.requires_grad_()
     light = torch.tensor([[0.4, 0.4, 0.4, 0.6, 0.6, 0.6, 0.2, -0.1]], dtype=torch.float64).repeat(3, 1)
@@ -290,12 +298,14 @@ def _interior(depth, view):
 def small_problem():
     size = 16
     depth = torch.tensor(np.stack([face_depth(size, 7), face_depth(size, 8)]), dtype=torch.float64)
-    view = torch.tensor([[8.0, 35.0, -6.0, 0.01, -0.02, 0.03], [-5.0, -50.0, 4.0, -0.01, 0.01, -0.02]],
-                        dtype=torch.float64)
+    view = torch.tensor(
+        [[8.0, 35.0, -6.0, 0.01, -0.02, 0.03], [-5.0, -50.0, 4.0, -0.01, 0.01, -0.02]], dtype=torch.float64
+    )
     g = torch.Generator().manual_seed(3)
     albedo = torch.rand(2, 3, size, size, generator=g, dtype=torch.float64)
-    light = torch.tensor([[0.3, 0.4, 0.5, 0.6, 0.5, 0.4, 0.1, -0.2], [0.2, 0.2, 0.3, 0.7, 0.6, 0.8, -0.2, 0.1]],
-                         dtype=torch.float64)
+    light = torch.tensor(
+        [[0.3, 0.4, 0.5, 0.6, 0.5, 0.4, 0.1, -0.2], [0.2, 0.2, 0.3, 0.7, 0.6, 0.8, -0.2, 0.1]], dtype=torch.float64
+    )
     keep = _interior(depth, view)
     assert keep.sum() > 100
     return depth, albedo, view, light, keep
@@ -308,8 +318,11 @@ def _check(fn, inputs, fast=False):
 
 def test_gradients_albedo_light(small_problem):
     depth, albedo, view, light, keep = small_problem
-    _check(lambda a, l: R.render(depth, a, view, l)[0].permute(0, 2, 3, 1)[keep],
-           (albedo.clone().requires_grad_(), light.clone().requires_grad_()), fast=True)
+    _check(
+        lambda a, lt: R.render(depth, a, view, lt)[0].permute(0, 2, 3, 1)[keep],
+        (albedo.clone().requires_grad_(), light.clone().requires_grad_()),
+        fast=True,
+    )
 
 
 def test_gradients_view(small_problem):

@@ -1,4 +1,5 @@
 """Stage report on a tiny linear-generator chain: the page, its tables, and a real headless browser."""
+
 from __future__ import annotations
 
 import json
@@ -11,30 +12,62 @@ import pytest
 import yaml
 
 from pipeline.params import parse_params
-from stages import (cluster, decompose, evaluate, factorize, faces, preview, regress, report, sample_latents,
-                    train_gan, train_oracle, train_recon)
+from stages import (
+    cluster,
+    decompose,
+    evaluate,
+    faces,
+    factorize,
+    preview,
+    regress,
+    report,
+    sample_latents,
+    train_gan,
+    train_oracle,
+    train_recon,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """Every stage on tiny params in a data/ folder laid out as dvc.yaml does, then the report."""
     from tests.conftest import REPO
+
     d = tmp_path_factory.mktemp("report") / "data"
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["data"].update(n_images=48, resolution=32, n_eval=4, chunk=16, batch_size=16)
     raw["preview"].update(grid=4, scale=1)
-    raw["gan"].update(kind="linear", w_dim=32, resolution=32, grid=2, metric_samples=64, fid_samples=0,
-                      ppl_samples=0)
+    raw["gan"].update(kind="linear", w_dim=32, resolution=32, grid=2, metric_samples=64, fid_samples=0, ppl_samples=0)
     raw["latents"].update(n=96, chunk=32, batch_size=32)
     raw["oracle"].update(epochs=1, batch_size=16, width=4)
-    raw["recon"].update(resolution=16, nf_map=4, zdim_map=8, nf_encoder=4, nf_conf=4, zdim_conf=8, steps=2,
-                        batch_size=4, snapshot_steps=2, n_eval=8, eval_batch=8, panel_images=2,
-                        allow_degenerate=True)  # a 2-step net is not judged
+    raw["recon"].update(
+        resolution=16,
+        nf_map=4,
+        zdim_map=8,
+        nf_encoder=4,
+        nf_conf=4,
+        zdim_conf=8,
+        steps=2,
+        batch_size=4,
+        snapshot_steps=2,
+        n_eval=8,
+        eval_batch=8,
+        panel_images=2,
+        allow_degenerate=True,
+    )  # a 2-step net is not judged
     raw["evaluate"].update(n_samples=64, edit_samples=8, peers_k=2, batch_size=64)
     raw["factorize"].update(components=6, iters=20, edit_components=2, edit_steps=3, min_norm=0.0)
     raw["report"].update(directions=["yaw", "light_x"], seeds=[0], steps=3)
@@ -49,11 +82,13 @@ def built(tmp_path_factory):
     train_recon.run(p, gen, d / "faces.zarr", d / "recon", d / "recon_run", m / "recon.json")
     decompose.run(p, d / "recon" / "decomposer.safetensors", d / "latents.zarr", d / "semantics.zarr")
     regress.run(p, d / "latents.zarr", d / "semantics.zarr", d / "directions.zarr", m / "regress.json")
-    factorize.run(p, d / "directions.zarr", d / "latents.zarr", gen, d / "components.zarr", d / "factorize",
-                  m / "factorize.json")
+    factorize.run(
+        p, d / "directions.zarr", d / "latents.zarr", gen, d / "components.zarr", d / "factorize", m / "factorize.json"
+    )
     cluster.run(p, d / "components.zarr", d / "clusters", m / "cluster.json")
-    evaluate.run(p, gen, d / "oracle", d / "directions.zarr", d / "evaluate", m / "evaluate.json",
-                 d / "components.zarr")
+    evaluate.run(
+        p, gen, d / "oracle", d / "directions.zarr", d / "evaluate", m / "evaluate.json", d / "components.zarr"
+    )
     result = report.run(p, d, d / "report")
     return d, result
 
@@ -62,8 +97,14 @@ def test_report_holds_every_section_table_and_figure(built):
     d, result = built
     page = (d / "report" / "index.html").read_text()
     assert result["missing"] == 0, re.findall(r'class="missing">([^<]*)', page)
-    for title in ("What was run", "Table 1", "3D decomposition", "Univariate manipulations", "Table 2, extended",
-                  "Localized components"):
+    for title in (
+        "What was run",
+        "Table 1",
+        "3D decomposition",
+        "Univariate manipulations",
+        "Table 2, extended",
+        "Localized components",
+    ):
         assert title in page
     # all embedded figures: samples, curves, recon panel + scatter, edits, maps, dendrogram, supports, comp edits
     assert page.count('<img src="data:image/png;base64,') >= 9
@@ -81,6 +122,7 @@ def test_report_names_missing_inputs(built, tmp_path):
     shutil.copytree(d, partial)
     (partial / "clusters" / "dendrogram.png").unlink()
     from tests.conftest import REPO
+
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["device"] = "cpu"
     raw["report"]["directions"] = ["yaw"]
@@ -102,34 +144,41 @@ def test_report_states_the_decomposition_verdict_first(built, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(d, data)
     page = (data / "report" / "index.html").read_text()
-    section = page[page.index("3D decomposition (Fig. 2 and 5)</h2>"):]
-    assert "Verdict: healthy" in section and 'class="warning"' not in section[:section.index("<figure")]
+    section = page[page.index("3D decomposition (Fig. 2 and 5)</h2>") :]
+    assert "Verdict: healthy" in section and 'class="warning"' not in section[: section.index("<figure")]
     recon_json = data / "metrics" / "recon.json"
     recon = json.loads(recon_json.read_text())
-    recon.update(degenerate=True, degenerate_reasons=["hollow face: r = -0.6"],
-                 recoveries=[{"step": 750, "reasons": ["loss diverged"], "restart_step": 500, "seed": 1000}])
+    recon.update(
+        degenerate=True,
+        degenerate_reasons=["hollow face: r = -0.6"],
+        recoveries=[{"step": 750, "reasons": ["loss diverged"], "restart_step": 500, "seed": 1000}],
+    )
     recon_json.write_text(json.dumps(recon))
     from tests.conftest import REPO
+
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["device"], raw["report"]["directions"] = "cpu", ["yaw"]
     report.run(parse_params(raw), data, data / "report")
     page = (data / "report" / "index.html").read_text()
-    section = page[page.index("3D decomposition (Fig. 2 and 5)</h2>"):]
-    head = section[:section.index("<figure")]  # before the first figure of the section
+    section = page[page.index("3D decomposition (Fig. 2 and 5)</h2>") :]
+    head = section[: section.index("<figure")]  # before the first figure of the section
     assert '<p class="warning">DEGENERATE decomposition: hollow face: r = -0.6.' in head
     assert "Collapse at step 750 (loss diverged); training restarted from step 500 with seed 1000." in head
 
 
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("FACESEM_REQUIRE_BROWSER"),
-                    reason="no chromium here (make test installs Debian's chromium and requires it)")
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("FACESEM_REQUIRE_BROWSER"),
+    reason="no chromium here (make test installs Debian's chromium and requires it)",
+)
 def test_report_loads_in_headless_chromium_with_no_broken_image(built, tmp_path):
     assert CHROMIUM, "chromium is required (FACESEM_REQUIRE_BROWSER is set) but not installed"
     d, _ = built
     common = BROWSER_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
 
     def broken_images(page) -> str:
-        dom = subprocess.run([CHROMIUM, *common, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                             timeout=120)
+        dom = subprocess.run(
+            [CHROMIUM, *common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+        )
         match = re.search(r'data-broken-images="(\d+)"', dom.stdout)
         assert match, f"the page's load check did not run:\n{dom.stderr[-2000:]}"
         return match.group(1)
@@ -138,13 +187,18 @@ def test_report_loads_in_headless_chromium_with_no_broken_image(built, tmp_path)
     page = (d / "report" / "index.html").read_text()
     start = page.index('src="data:image/png;base64,') + len('src="data:image/png;base64,')
     control = tmp_path / "broken.html"
-    control.write_text(page[:start] + "AAAA" + page[page.index('"', start):])
+    control.write_text(page[:start] + "AAAA" + page[page.index('"', start) :])
     assert broken_images(control) == "1"
     assert broken_images(d / "report" / "index.html") == "0"
     url = (d / "report" / "index.html").as_uri()
     shot = tmp_path / "report.png"
-    subprocess.run([CHROMIUM, *common, f"--screenshot={shot}", "--window-size=1200,1600", url],
-                   capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [CHROMIUM, *common, f"--screenshot={shot}", "--window-size=1200,1600", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     from PIL import Image
+
     with Image.open(shot) as im:
         assert im.size == (1200, 1600) and len(set(im.convert("L").getdata())) > 10  # not a blank page

@@ -1,4 +1,5 @@
 """The shipped StyleGAN2 checkpoint (data/shipped) that the default run starts from."""
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from stages import train_gan
 @pytest.fixture(scope="module")
 def shipped():
     from tests.conftest import REPO as repo_root
+
     params = load_params(repo_root / "params.yaml")
     weights = repo_root / params.gan.init
     return params, weights, json.loads(weights.with_suffix(".json").read_text())
@@ -26,9 +28,9 @@ def shipped():
 def test_default_params_start_from_the_shipped_checkpoint_of_their_own_config_and_data(shipped):
     params, weights, meta = shipped
     assert params.gan.kind == "stylegan2" and weights.is_file()
-    assert meta["config"] == stylegan_config(params.gan)               # loadable by the default run
-    assert meta["faces_params_hash"] == params.section_hash("data")   # learned from today's default faces
-    assert weights.stat().st_size < 10 * 2**20                         # small: fp16, a few MB
+    assert meta["config"] == stylegan_config(params.gan)  # loadable by the default run
+    assert meta["faces_params_hash"] == params.section_hash("data")  # learned from today's default faces
+    assert weights.stat().st_size < 10 * 2**20  # small: fp16, a few MB
     with safe_open(str(weights), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     # provenance the README promises
@@ -74,6 +76,7 @@ def test_shipped_sidecar_metrics_are_recomputed_from_the_weights(shipped):
     """mean |rho| of W, recomputed from the shipped weights with numpy on other samples, agrees
     with what the training run wrote in the sidecar (not read back from it)."""
     import numpy as np
+
     _, weights, meta = shipped
     gen = load_generator(weights)
     z = torch.randn(4096, gen.z_dim, generator=torch.Generator().manual_seed(123))

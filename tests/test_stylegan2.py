@@ -24,10 +24,11 @@ from models.stylegan2 import (
 )
 
 
-
 def tiny_gd(resolution, seed=0):
     torch.manual_seed(seed)
-    G = Generator(z_dim=16, w_dim=24, mapping_layers=2, resolution=resolution, channel_base=16 * resolution, channel_max=32)
+    G = Generator(
+        z_dim=16, w_dim=24, mapping_layers=2, resolution=resolution, channel_base=16 * resolution, channel_max=32
+    )
     D = Discriminator(resolution=resolution, channel_base=16 * resolution, channel_max=32, mbstd_group=4)
     return G, D
 
@@ -160,8 +161,9 @@ def test_modulated_conv_matches_per_sample_computation(fused, demodulate, up):
     x = torch.randn(3, 5, 6, 6, generator=g, dtype=torch.float64)
     weight = torch.randn(7, 5, 3, 3, generator=g, dtype=torch.float64)
     styles = torch.randn(3, 5, generator=g, dtype=torch.float64) + 1.0
-    out = modulated_conv2d(x, weight, styles, demodulate=demodulate, up=up,
-                           resample_kernel=fir_kernel().double(), fused=fused)
+    out = modulated_conv2d(
+        x, weight, styles, demodulate=demodulate, up=up, resample_kernel=fir_kernel().double(), fused=fused
+    )
     expected = direct_modulated_conv(x, weight, styles, demodulate, up)
     assert out.shape == (3, 7, 6 * up, 6 * up)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
