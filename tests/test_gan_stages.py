@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -241,3 +243,62 @@ def test_changed_faces_data_invalidate_gan_and_recon_checkpoints(repo_root, face
     monkeypatch.setattr(ReconTrainer, "step", lambda self, *a, **k: (steps.append(self.steps), real(self, *a, **k))[1])
     train_recon.run(rparams, tmp_path / "none", other, tmp_path / "rec", tmp_path / "rrun", tmp_path / "r.json")
     assert steps == [0, 1] and len(list(tmp_path.glob("rrun.old-*"))) == 1
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_through_dvc_repro_and_matches(repo_root, tmp_path):
+    """`dvc repro train_gan` killed with SIGKILL after its first snapshot: the rerun (data/gan_run is
+    `persist: true`) resumes from that checkpoint and ends with the weights of an uninterrupted run."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.env import environment_defaults
+
+    root = tmp_path / "repo"
+    for folder in ("models", "pipeline", "stages"):
+        shutil.copytree(repo_root / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {k: stages[k] for k in ("faces", "train_gan")}}))
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params = tiny(repo_root, kimg=0.8, snapshot_kimg=0.08)  # 100 steps, a snapshot every 10
+    raw.update({k: v for k, v in params.model_dump().items() if k in ("device", "data", "gan")})
+    raw["data"]["alpha_background"] = None
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "data").mkdir()
+    (root / "data" / "raw").mkdir()
+    (root / "data" / "shipped").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_"))}
+    env.update(environment_defaults(root), PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
+    subprocess.run([*dvc, "repro", "faces"], cwd=root, env=env, check=True, capture_output=True)
+
+    first = subprocess.Popen(
+        [*dvc, "repro", "train_gan"],
+        cwd=root,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpts, deadline = root / "data" / "gan_run" / "checkpoints", time.monotonic() + 300
+    while not list(ckpts.glob("ckpt-*.json")):  # readiness: the first snapshot is complete (sidecar last)
+        assert first.poll() is None and time.monotonic() < deadline, "no snapshot before the run ended"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # dvc and the stage, at once
+    first.wait()
+    killed_at = load_checkpoint(latest_checkpoint(ckpts))[1]["shown"]
+    assert killed_at < 800
+    again = subprocess.run([*dvc, "repro", "train_gan"], cwd=root, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from ckpt-" in again.stdout + again.stderr
+
+    train_gan.run(params, root / "data" / "faces.zarr", tmp_path / "ref", tmp_path / "ref_run", tmp_path / "m.json")
+    a, b = _weights(root / "data" / "gan"), _weights(tmp_path / "ref")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
