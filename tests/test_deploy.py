@@ -367,7 +367,7 @@ def test_serve_runs_the_flow_on_its_schedule(tmp_path):
     )
     serve = None
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a failsafe: the loop waits on readiness (health)
         while True:
             try:
                 if httpx.get(f"{api}/health", timeout=2).status_code == 200:
@@ -386,7 +386,7 @@ def test_serve_runs_the_flow_on_its_schedule(tmp_path):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # a failsafe: the loop waits on a COMPLETED flow run
         runs = []
         while not runs:
             assert time.monotonic() < deadline and serve.poll() is None, (
