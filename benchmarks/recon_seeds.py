@@ -13,6 +13,7 @@ script to resume). Prints one row per run, then the median and range per chain, 
 "min": {...}, "max": {...}, "collapsed": n, "recovered": n}}}``.
 
     .venv/bin/python benchmarks/recon_seeds.py --seeds 0 1 2 3 4 [--chains linear default] [--json]
+        [--set recon.mirror_weight=0 ...] [--workdir DIR] [--plot docs/figures/recon_seeds.png]
 """
 
 from __future__ import annotations
@@ -86,12 +87,27 @@ def prepare(work: Path, chain: str, threads: int) -> Path:
     return gen
 
 
-def train(work: Path, chain: str, seed: int, gen: Path, threads: int) -> dict:
+def overrides(pairs: list[str]) -> dict:
+    """['recon.mirror_weight=0', ...] -> {'recon': {'mirror_weight': 0}} (values parsed as YAML)."""
+    out: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        section, _, name = key.partition(".")
+        if not name or not _:
+            raise SystemExit(f"--set takes section.key=value, got {pair!r}")
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def train(work: Path, chain: str, seed: int, gen: Path, threads: int, extra: dict) -> dict:
     """One train_recon run (skipped when its recon.json exists); its metrics plus chain and seed."""
     run = work / chain / f"seed{seed}"
     metrics = run / "recon.json"
+    if (run / "failed.txt").is_file() and not metrics.is_file():  # a finished run that failed: not redone
+        return {"chain": chain, "seed": seed, "failed": (run / "failed.txt").read_text(), "degenerate": True}
     if not metrics.is_file():
-        p = params_file(run / "params.yaml", {**CHAINS[chain], "recon": {"seed": seed}})
+        sections = {**CHAINS[chain], **{k: v for k, v in extra.items() if k != "recon"}}
+        p = params_file(run / "params.yaml", {**sections, "recon": {**extra.get("recon", {}), "seed": seed}})
         try:
             stage(
                 "train_recon",
@@ -105,6 +121,7 @@ def train(work: Path, chain: str, seed: int, gen: Path, threads: int) -> dict:
                 metrics=metrics,
             )
         except RuntimeError as err:  # a Collapse past its recoveries: a result, not a crash of the benchmark
+            (run / "failed.txt").write_text(str(err))
             return {"chain": chain, "seed": seed, "failed": str(err), "degenerate": True}
     return {"chain": chain, "seed": seed, **json.loads(metrics.read_text())}
 
@@ -122,18 +139,60 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
+def plot(runs: list[dict], path: Path) -> None:
+    """Per seed: MAD and |yaw| > 45 MAE of each chain; a collapse beyond recovery drawn as an x."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    chains = sorted({r["chain"] for r in runs})
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4), dpi=120)
+    for ax, key, label in zip(axes, ("mad_deg", "yaw_mae_extreme_deg"), ("MAD (deg)", "yaw MAE, |yaw| > 45 (deg)")):
+        for i, chain in enumerate(chains):
+            for r in (r for r in runs if r["chain"] == chain):
+                failed = "failed" in r
+                y = ax.get_ylim()[1] if failed else r[key]
+                ax.scatter(i + 0.08 * (r["seed"] - 2), y, marker="x" if failed else "o", color=f"C{i}", s=30)
+                ax.annotate(
+                    str(r["seed"]),
+                    (i + 0.08 * (r["seed"] - 2), y),
+                    fontsize=6,
+                    xytext=(3, 2),
+                    textcoords="offset points",
+                )
+        ax.set_xticks(range(len(chains)), chains)
+        ax.set_xlim(-0.6, len(chains) - 0.4)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("train_recon over seeds (points: seeds; x: collapsed beyond recovery)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--chains", nargs="+", choices=sorted(CHAINS), default=["linear", "default"])
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "recon_seeds")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one torch thread each)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a params override for every run (repeatable), e.g. recon.mirror_weight=0",
+    )
+    ap.add_argument("--plot", type=Path, help="also draw MAD and extreme-yaw error per seed into this PNG")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    extra = overrides(args.set)
     gens = {chain: prepare(args.workdir, chain, args.jobs) for chain in args.chains}
     todo = [(chain, seed) for chain in args.chains for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda cs: train(args.workdir, cs[0], cs[1], gens[cs[0]], 1), todo))
+        runs = list(pool.map(lambda cs: train(args.workdir, cs[0], cs[1], gens[cs[0]], 1, extra), todo))
     out = {"chains": {c: summarize([r for r in runs if r["chain"] == c]) for c in args.chains}}
     head = f"{'chain':8} {'seed':>4} " + " ".join(f"{k:>19}" for k in KEYS) + "  degenerate  recoveries"
     print(head)
@@ -147,6 +206,8 @@ def main() -> None:
             + " ".join(f"{s['min'].get(k, np.nan):9.4f}-{s['max'].get(k, np.nan):<9.4f}" for k in KEYS)
             + f"  collapsed {s['collapsed']} of {len(s['runs'])}"
         )
+    if args.plot:
+        plot(runs, args.plot)
     if args.json:
         print(json.dumps(out))
 
