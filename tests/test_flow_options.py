@@ -168,8 +168,8 @@ def test_timeout_stops_the_stage_then_a_rerun_continues_from_the_cache(tmp_path)
     root.mkdir()
     (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     (root / "params.yaml").write_text(
-        yaml.safe_dump(  # 10 s: dvc status + dvc repro fit it on a busy machine
-            {"flow": {"retry_delay_s": 0, "stage_retries": {"slow": 1}, "stage_timeouts": {"slow": 10}}}
+        yaml.safe_dump(  # 20 s: dvc status + dvc repro fit it on a busy machine
+            {"flow": {"retry_delay_s": 0, "stage_retries": {"slow": 1}, "stage_timeouts": {"slow": 20}}}
         )
     )
     env = _tool_env(root)
@@ -180,7 +180,7 @@ def test_timeout_stops_the_stage_then_a_rerun_continues_from_the_cache(tmp_path)
     first = subprocess.run(run, cwd=root, env=env, capture_output=True, text=True, timeout=400)
     out = first.stdout + first.stderr
     assert first.returncode == 2, out[-3000:]
-    assert "slow: TimedOut" in out and "ran past its time limit of 10 s" in out, out[-3000:]
+    assert "slow: TimedOut" in out and "ran past its time limit of 20 s" in out, out[-3000:]
     assert "after: not run" in out
     assert "Retry 1/1" in out  # flow.stage_retries.slow: a second attempt, limited too
     pids = [int(x) for x in (root / "slow.pids").read_text().split()]
@@ -255,7 +255,7 @@ def test_shard_tasks_get_the_stages_time_limit_and_retries(tmp_path):
                     "shards": 2,
                     "retry_delay_s": 0,
                     "stage_retries": {"decompose": 1},
-                    "stage_timeouts": {"decompose": 10},
+                    "stage_timeouts": {"decompose": 20},
                 }
             }
         )
@@ -268,7 +268,7 @@ def test_shard_tasks_get_the_stages_time_limit_and_retries(tmp_path):
     first = subprocess.run(run, cwd=root, env=env, capture_output=True, text=True, timeout=400)
     out = first.stdout + first.stderr
     assert first.returncode == 2, out[-3000:]
-    assert "ran past its time limit of 10 s" in out and "Retry 1/1" in out, out[-3000:]
+    assert "ran past its time limit of 20 s" in out and "Retry 1/1" in out, out[-3000:]
     parts = [line.split() for line in (root / "parts.log").read_text().splitlines()]
     shard_pids = [int(pid) for pid, part in parts if "/" in part]
     assert sorted(part for _, part in parts if "/" in part) == ["0/2", "0/2", "1/2", "1/2"]  # 2 attempts each
