@@ -143,25 +143,30 @@ def test_report_states_the_decomposition_verdict_first(built, tmp_path):
     d, _ = built
     data = tmp_path / "data"
     shutil.copytree(d, data)
-    page = (data / "report" / "index.html").read_text()
-    section = page[page.index("3D decomposition (Fig. 2 and 5)</h2>") :]
-    assert "Verdict: healthy" in section and 'class="warning"' not in section[: section.index("<figure")]
-    recon_json = data / "metrics" / "recon.json"
-    recon = json.loads(recon_json.read_text())
-    recon.update(
-        degenerate=True,
-        degenerate_reasons=["hollow face: r = -0.6"],
-        recoveries=[{"step": 750, "reasons": ["loss diverged"], "restart_step": 500, "seed": 1000}],
-    )
-    recon_json.write_text(json.dumps(recon))
     from tests.conftest import REPO
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["device"], raw["report"]["directions"] = "cpu", ["yaw"]
-    report.run(parse_params(raw), data, data / "report")
-    page = (data / "report" / "index.html").read_text()
-    section = page[page.index("3D decomposition (Fig. 2 and 5)</h2>") :]
-    head = section[: section.index("<figure")]  # before the first figure of the section
+    recon_json = data / "metrics" / "recon.json"
+    recon = json.loads(recon_json.read_text())
+
+    def section(verdict: dict) -> str:
+        """The report's 3D section, up to its first figure, for recon.json with ``verdict``."""
+        recon_json.write_text(json.dumps({**recon, **verdict}))
+        report.run(parse_params(raw), data, data / "report")
+        page = (data / "report" / "index.html").read_text()
+        part = page[page.index("3D decomposition (Fig. 2 and 5)</h2>") :]
+        return part[: part.index("<figure")]
+
+    healthy = section({"degenerate": False, "degenerate_reasons": [], "recoveries": [], "exported_step": 2000})
+    assert "Verdict: healthy" in healthy and "exported step 2000" in healthy and 'class="warning"' not in healthy
+    head = section(
+        {
+            "degenerate": True,
+            "degenerate_reasons": ["hollow face: r = -0.6"],
+            "recoveries": [{"step": 750, "reasons": ["loss diverged"], "restart_step": 500, "seed": 1000}],
+        }
+    )
     assert '<p class="warning">DEGENERATE decomposition: hollow face: r = -0.6.' in head
     assert "Collapse at step 750 (loss diverged); training restarted from step 500 with seed 1000." in head
 
