@@ -90,6 +90,27 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file, what is wrong and what to do."""
 
 
+def load_sidecar(weights: str | Path) -> dict[str, Any]:
+    """The JSON sidecar of a checkpoint (its meta), without reading the weights.
+
+    Raises FileNotFoundError naming a missing sidecar, CheckpointError one that is not a JSON object.
+    """
+    sidecar = Path(weights).with_suffix(".json")
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"checkpoint file {sidecar} not found")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(
+            f"checkpoint sidecar {sidecar} is not valid JSON ({err}; {sidecar.stat().st_size} "
+            "bytes): it was cut mid-way or edited. Restore it (`dvc checkout`, or copy it "
+            "again) or re-export the checkpoint"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint sidecar {sidecar} holds a {type(meta).__name__}, not a JSON object")
+    return meta
+
+
 def load_checkpoint(weights: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
     """-> (nested state, sidecar meta).
 
@@ -102,16 +123,7 @@ def load_checkpoint(weights: str | Path, device: str | torch.device = "cpu") -> 
     for path in (weights, sidecar):
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file {path} not found")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(
-            f"checkpoint sidecar {sidecar} is not valid JSON ({err}; {sidecar.stat().st_size} "
-            "bytes): it was cut mid-way or edited. Restore it (`dvc checkout`, or copy it "
-            "again) or re-export the checkpoint"
-        ) from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"checkpoint sidecar {sidecar} holds a {type(meta).__name__}, not a JSON object")
+    meta = load_sidecar(weights)
     try:
         tensors = load_file(str(weights), device=str(device))
     except Exception as err:  # safetensors raises SafetensorError, OSError or its own ValueError

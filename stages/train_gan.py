@@ -30,6 +30,7 @@ from pipeline.checkpoints import (
     changed_keys,
     latest_checkpoint,
     load_checkpoint,
+    load_sidecar,
     load_weights,
     prune_checkpoints,
     read_curves,
@@ -244,7 +245,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
     ckpt_dir, curves = run_dir / "checkpoints", run_dir / "curves.csv"
     shown = 0  # real images shown in this run
     latest = latest_checkpoint(ckpt_dir)
-    old_meta = load_checkpoint(latest)[1] if latest is not None else {}
+    old_meta = load_sidecar(latest) if latest is not None else {}
     run_params = {**trajectory(params), "faces_params_hash": faces_attrs["params_hash"]}
     if latest is not None and old_meta.get("run_hash") == run_hash:
         state, meta = load_checkpoint(latest, device)

@@ -35,6 +35,7 @@ from pipeline.checkpoints import (
     changed_keys,
     latest_checkpoint,
     load_checkpoint,
+    load_sidecar,
     prune_checkpoints,
     read_curves,
     save_checkpoint,
@@ -193,7 +194,7 @@ def train(
     best_ckpt = ckpt_dir / "best.safetensors"
     monitor, recoveries = HealthMonitor(), []
     latest = latest_checkpoint(ckpt_dir)
-    old_meta = load_checkpoint(latest)[1] if latest is not None else {}
+    old_meta = load_sidecar(latest) if latest is not None else {}
     if latest is not None and old_meta.get("run_hash") == run_hash:
         state, _ = load_checkpoint(latest, device)
         trainer.load_state_dict(state["trainer"])
@@ -386,8 +387,9 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
         return {}
     summary, per_face = evaluate(trainer.decomposer, params, device)
     final = probe(trainer.decomposer, batches.probe_images, invalid_cost=rc.invalid_cost)  # the exported weights
-    reasons = HealthMonitor().check(final)  # the absolute signs: frame, mirror bias, hollow relief
-    if final["yaw_std_deg"] < HealthMonitor().thresholds.min_learned_yaw_std:
+    fresh = HealthMonitor()  # no bests: only the absolute signs (frame, mirror bias, hollow relief)
+    reasons = fresh.check(final)
+    if final["yaw_std_deg"] < fresh.thresholds.min_learned_yaw_std:
         reasons.append(f"the estimated yaw does not vary: std {final['yaw_std_deg']:.2f} deg over the probe images")
     if summary["hollow_face"]:
         reasons.append(
