@@ -51,7 +51,7 @@ def planted(S: int, d: int, P: int, noise: float, seed: int):
 
 
 def pipeline_jacobian(path: Path):
-    from pipeline.artifacts import open_store
+    from store.artifacts import open_store
 
     store = open_store(path)
     r = int(store["jacobian"].attrs["layout"]["depth"][-1])

@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.decorrelation import mean_abs_rho  # noqa: E402
 from models.gan_metrics import feature_statistics, frechet_distance, path_length, ppl_summary  # noqa: E402
 from models.peers import interfacegan, pearson  # noqa: E402
-from pipeline.artifacts import open_store  # noqa: E402
-from pipeline.datasets import resize_uint8, to_unit  # noqa: E402
-from pipeline.generators import load_generator  # noqa: E402
-from pipeline.inception import FEATURE_SPACE, inception_features, inception_sq_distance  # noqa: E402
-from pipeline.oracle import load_oracle, predict  # noqa: E402
-from stages.evaluate import Measure  # noqa: E402
+from store.artifacts import open_store  # noqa: E402
+from store.datasets import resize_uint8, to_unit  # noqa: E402
+from support.generators import load_generator  # noqa: E402
+from support.inception import FEATURE_SPACE, inception_features, inception_sq_distance  # noqa: E402
+from support.measure import Measure  # noqa: E402
+from support.oracle import load_oracle, predict  # noqa: E402
 
 POSE = ("yaw", "pitch", "roll")
 

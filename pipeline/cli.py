@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import pipeline  # noqa: F401  (sets DVC/Prefect environment defaults first)
-from pipeline.env import project_root
+from support.project import project_root
 
 # ---- argument types: one per kind of value, shared by every command (argparse exits 2 naming the argument)
 
@@ -51,13 +51,13 @@ def _positive(kind):
 
 
 def _scales(text: str):
-    from pipeline.edit import parse_scales  # noqa: PLC0415
+    from support.edit import parse_scales  # noqa: PLC0415
 
     return parse_scales(text)
 
 
 def _seeds(text: str):
-    from pipeline.edit import parse_seeds  # noqa: PLC0415
+    from support.edit import parse_seeds  # noqa: PLC0415
 
     return parse_seeds(text)
 
@@ -111,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from pipeline.flow import dvc_command, stage_environment
+    from pipeline.dvc_process import dvc_command, stage_environment
     from pipeline.lifetime import reap_children_on_exit, run_lock
 
     cmd = dvc_command("repro", "--single-item", args.name, *(["--force"] if args.force else []))
@@ -121,7 +121,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipeline import inspection as insp
+    from tools import inspect_artifacts as insp
 
     root = project_root()
     if args.diff:
@@ -159,7 +159,7 @@ def cmd_dag(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from pipeline.params import load_params
+    from support.params import load_params
 
     params = load_params(project_root() / args.file)
     print(json.dumps(params.model_dump(), indent=2))
@@ -167,10 +167,10 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from pipeline.device import select_device
-    from pipeline.edit import edit_grid, load_direction
-    from pipeline.generators import load_generator
-    from pipeline.images import save_grid
+    from store.images import save_grid
+    from support.device import select_device
+    from support.edit import edit_grid, load_direction
+    from support.generators import load_generator
 
     root = project_root()
     seeds, scales = args.seeds, args.scales

@@ -1,7 +1,7 @@
 """dvc.yaml's code dependencies, computed: the project-internal import closure of each stage.
 
 A stage's `cmd` runs `python -m stages.NAME`; every project module it imports, directly or
-through others (models/, pipeline/, stages/), changes its results, so each must be a dep or DVC
+through others (models/, store/, support/, ...), changes its results, so each must be a dep or DVC
 calls the stage up to date when it is not. `stage_closure` reads the imports statically (ast:
 module-level and function-level `import` / `from ... import`, relative ones resolved) and
 follows them; `sync_deps` rewrites dvc.yaml's Python deps to exactly that closure, keeping the
@@ -14,7 +14,7 @@ import ast
 import re
 from pathlib import Path
 
-PACKAGES = ("models", "pipeline", "stages")
+PACKAGES = ("models", "store", "support", "stages", "pipeline", "tools")
 _CMD = re.compile(r"python -m (stages\.\w+)")
 
 
@@ -67,6 +67,18 @@ def import_closure(root: str | Path, module: str) -> set[str]:
         if parent:
             todo.append(parent)  # importing pkg.mod runs pkg/__init__.py
     return files
+
+
+def import_graph(root: str | Path, folders: tuple[str, ...] = (*PACKAGES, "benchmarks")) -> dict[str, set[str]]:
+    """{module: the project modules it imports} for every .py file under `folders` of `root`
+    (modules by dotted name: `stages.faces`, `store.artifacts`, `benchmarks.gan`)."""
+    root = Path(root)
+    graph = {}
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            name = ".".join(path.relative_to(root).with_suffix("").parts)
+            graph[name.removesuffix(".__init__")] = _imports(root, path)
+    return graph
 
 
 def stage_closures(root: str | Path, dvc_yaml: dict) -> dict[str, set[str]]:

@@ -9,17 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
-def project_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` (default: cwd) that holds dvc.yaml.
-
-    Falls back to the checkout this package lives in.
-    """
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "dvc.yaml").is_file():
-            return folder
-    return Path(__file__).resolve().parent.parent
+from support.project import project_root
 
 
 def environment_defaults(root: Path) -> dict[str, str]:

@@ -20,11 +20,11 @@ import torch
 
 from models import faces as face_model
 from models.clustering import purity, region_cosines, region_labels, ward_clusters
-from pipeline.artifacts import open_store, write_json
-from pipeline.components import albedo_rgb, split_maps
-from pipeline.images import save_grid, to_uint8
-from pipeline.params import Params
-from pipeline.stage import stage_args
+from store.artifacts import open_store, write_json
+from store.images import save_grid, to_uint8
+from support.figures import albedo_rgb, split_maps
+from support.params import Params
+from support.stage import stage_args
 
 log = logging.getLogger("stages.cluster")
 

@@ -4,7 +4,7 @@ semantics.zarr holds, per latent code (same order and chunks as latents.zarr): `
 [N, 14] (the named univariate semantics: view in degrees / world units, light),
 canonical `depth` [N, 1, r, r] (world units) and `albedo` [N, 3, r, r] (in [0, 1]).
 Chunk k depends only on chunk k of latents.zarr, so `--prepare`, `--shard i/n`, `--finalize`
-reproduce the single-process store (see pipeline.sharding).
+reproduce the single-process store (see store.chunked).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from models.decomposition import SEMANTIC_NAMES, Decomposer, resize
-from pipeline.artifacts import open_store
-from pipeline.datasets import to_unit
-from pipeline.device import select_device
-from pipeline.params import Params, load_params
-from pipeline.recon import load_decomposer
-from pipeline.sharding import Mode, add_shard_args, run_chunked, shard_mode
+from store.artifacts import open_store
+from store.chunked import Mode, add_shard_args, run_chunked, shard_mode
+from store.datasets import to_unit
+from support.device import select_device
+from support.params import Params, load_params
+from support.recon import load_decomposer
 
 log = logging.getLogger("stages.decompose")
 
@@ -41,7 +41,7 @@ def decompose_chunk(model: Decomposer, images: np.ndarray, batch: int, device) -
 
 
 def run(params: Params, decomposer: Path, latents: Path, out: Path, mode: Mode = None) -> None:
-    """Write semantics.zarr (mode: see pipeline.sharding)."""
+    """Write semantics.zarr (mode: see store.chunked)."""
     device = select_device(params.device)
     model = load_decomposer(decomposer, device, params.recon.allow_degenerate)
     src = open_store(latents)

@@ -23,42 +23,15 @@ from tqdm import tqdm
 from models import faces as face_model
 from models.linear_semantics import manipulate, unit
 from models.peers import best_abs_corr, ganspace, interfacegan, pearson, sefa
-from pipeline.artifacts import open_store, write_json
-from pipeline.checkpoints import load_checkpoint
-from pipeline.device import select_device
-from pipeline.generators import LatentGenerator, load_generator
-from pipeline.images import to_uint8
-from pipeline.oracle import load_oracle, predict
-from pipeline.params import Params
-from pipeline.stage import stage_args
+from store.artifacts import open_store, write_json
+from store.checkpoints import load_checkpoint
+from support.device import select_device
+from support.generators import load_generator
+from support.measure import Measure
+from support.params import Params
+from support.stage import stage_args
 
 log = logging.getLogger("stages.evaluate")
-
-
-class Measure:
-    """w [n, d] -> the factors [n, len(names)] of G(w) as the oracle measures them (default: all it
-    measures, univariate and localized; `names` lists them in column order)."""
-
-    def __init__(self, gen: LatentGenerator, oracle_dir: Path, batch: int, device, names: list[str] | None = None):
-        self.gen, self.batch, self.device = gen, batch, device
-        self.oracle, factor_names = load_oracle(oracle_dir, device)
-        self.names = list(factor_names if names is None else names)
-        missing = [n for n in self.names if n not in factor_names]
-        if missing:
-            raise ValueError(f"the oracle in {oracle_dir} does not measure {missing}")
-        self.columns = [factor_names.index(n) for n in self.names]
-
-    @torch.no_grad()
-    def __call__(self, w: torch.Tensor) -> torch.Tensor:
-        images = torch.cat(
-            [
-                torch.from_numpy(
-                    to_uint8(self.gen.synthesis(w[b : b + self.batch].to(self.device)).clamp(-1, 1) * 0.5 + 0.5)
-                )
-                for b in range(0, len(w), self.batch)
-            ]
-        )
-        return predict(self.oracle, images, self.device, self.batch)[:, self.columns]
 
 
 def edit_quality(

@@ -19,11 +19,11 @@ import torch
 from tqdm import tqdm
 
 from models import faces as face_model
-from pipeline.artifacts import write_json, write_store
-from pipeline.device import select_device
-from pipeline.images import Skipped, find_images, load_face_image, to_uint8
-from pipeline.params import Params
-from pipeline.stage import stage_args
+from store.artifacts import write_json, write_store
+from store.images import Skipped, find_images, load_face_image, to_uint8
+from support.device import select_device
+from support.params import Params
+from support.stage import stage_args
 
 log = logging.getLogger("stages.faces")
 

@@ -22,14 +22,14 @@ import torch
 from models import faces as face_model
 from models.factorize import balance_parts, factorize, match_directions, prune_and_order, supports
 from models.linear_semantics import projection_std
-from pipeline.artifacts import open_store, write_json, write_store
-from pipeline.components import component_tiles
-from pipeline.device import select_device
-from pipeline.edit import edit_grid
-from pipeline.generators import load_generator
-from pipeline.images import save_grid
-from pipeline.params import Params
-from pipeline.stage import stage_args
+from store.artifacts import open_store, write_json, write_store
+from store.images import save_grid
+from support.device import select_device
+from support.edit import edit_grid
+from support.figures import component_tiles
+from support.generators import load_generator
+from support.params import Params
+from support.stage import stage_args
 
 log = logging.getLogger("stages.factorize")
 

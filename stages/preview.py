@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.artifacts import open_store
-from pipeline.images import save_grid
-from pipeline.params import Params
-from pipeline.stage import stage_args
+from store.artifacts import open_store
+from store.images import save_grid
+from support.params import Params
+from support.stage import stage_args
 
 
 def run(params: Params, faces: Path, out: Path) -> Path:

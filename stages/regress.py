@@ -17,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 from models.linear_semantics import NormalEquations, projection_std, stream_pairs, unit
-from pipeline.artifacts import open_store, write_json, write_store
-from pipeline.params import Params
-from pipeline.stage import stage_args
+from store.artifacts import open_store, write_json, write_store
+from support.params import Params
+from support.stage import stage_args
 
 log = logging.getLogger("stages.regress")
 

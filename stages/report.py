@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import open_store
-from pipeline.dag import load_dag
-from pipeline.device import select_device
-from pipeline.edit import edit_grid, load_direction
-from pipeline.env import project_root
-from pipeline.generators import load_generator
-from pipeline.images import save_grid
-from pipeline.params import Params
-from pipeline.report import Section, markdown_table, render
-from pipeline.stage import stage_args
+from store.artifacts import git_revision, open_store
+from store.images import save_grid
+from support.device import select_device
+from support.edit import edit_grid, load_direction
+from support.generators import load_generator
+from support.html import Section, markdown_table, render
+from support.params import Params
+from support.project import project_root, stage_names
+from support.stage import stage_args
 
 log = logging.getLogger("stages.report")
 
@@ -38,20 +36,6 @@ def read_json(path: Path) -> dict:
 
 def read_csv(path: Path, index: str) -> pd.DataFrame | None:
     return pd.read_csv(path, index_col=index) if path.is_file() else None
-
-
-def git_revision(root: Path) -> str:
-    """Short HEAD, with '+dirty' when tracked files differ from it; 'unknown' outside git."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 STORE_OF_STAGE = {"sample_latents": "latents.zarr", "decompose": "semantics.zarr"}  # time in the store's attrs
@@ -113,7 +97,7 @@ def run(params: Params, data: Path, out: Path) -> dict:
     root = project_root()
     out.mkdir(parents=True, exist_ok=True)
     metrics = {p.stem: read_json(p) for p in sorted((data / "metrics").glob("*.json"))}
-    stages = list(load_dag(root))
+    stages = stage_names(root)
     gan, recon, ev = metrics.get("gan", {}), metrics.get("recon", {}), metrics.get("evaluate", {})
     fact, clus = metrics.get("factorize", {}), metrics.get("cluster", {})
     sections, summary = [], []

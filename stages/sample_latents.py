@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.device import select_device
-from pipeline.generators import LatentGenerator, load_generator
-from pipeline.images import to_uint8
-from pipeline.params import Params, load_params
-from pipeline.sharding import Mode, add_shard_args, run_chunked, shard_mode
+from store.chunked import Mode, add_shard_args, run_chunked, shard_mode
+from store.images import signed_to_uint8
+from support.device import select_device
+from support.generators import LatentGenerator, load_generator
+from support.params import Params, load_params
 
 log = logging.getLogger("stages.sample_latents")
 
@@ -34,7 +34,7 @@ def sample_chunk(gen: LatentGenerator, params: Params, k: int, device) -> dict[s
             zb = z[b : b + lat.batch_size].to(device)
             w = gen.mapping(zb, lat.truncation_psi)
             ws.append(w.cpu())
-            images.append(to_uint8(gen.synthesis(w).clamp(-1, 1) * 0.5 + 0.5))
+            images.append(signed_to_uint8(gen.synthesis(w)))
     return {"z": z.numpy(), "w": torch.cat(ws).numpy(), "images": np.concatenate(images)}
 
 
@@ -50,7 +50,7 @@ def _layout(gen: LatentGenerator, params: Params):
 
 
 def run(params: Params, generator: Path, out: Path, mode: Mode = None) -> None:
-    """Write latents.zarr (mode: see pipeline.sharding)."""
+    """Write latents.zarr (mode: see store.chunked)."""
     device = select_device(params.device)
     gen = load_generator(generator, device)
     attrs = {

@@ -24,8 +24,8 @@ from models.decorrelation import mean_abs_rho
 from models.gan_metrics import feature_statistics, frechet_distance, path_length, ppl_summary
 from models.gan_training import GANTrainer
 from models.linear_generator import LinearFaceGenerator
-from pipeline.artifacts import open_store, write_json
-from pipeline.checkpoints import (
+from store.artifacts import open_store, write_json
+from store.checkpoints import (
     CheckpointError,
     changed_keys,
     latest_checkpoint,
@@ -38,9 +38,10 @@ from pipeline.checkpoints import (
     set_aside,
     write_curves,
 )
-from pipeline.datasets import load_images, resize_uint8, to_unit
-from pipeline.device import select_device
-from pipeline.distributed import (
+from store.datasets import load_images, resize_uint8, to_unit
+from store.images import save_grid, signed_to_uint8
+from support.device import select_device
+from support.distributed import (
     World,
     average_gradients,
     barrier,
@@ -49,11 +50,10 @@ from pipeline.distributed import (
     setup,
     teardown,
 )
-from pipeline.generators import build_stylegan, load_generator, stylegan_config
-from pipeline.images import save_grid, to_uint8
-from pipeline.inception import FEATURE_SPACE, inception_features, inception_sq_distance
-from pipeline.params import Params
-from pipeline.stage import stage_args
+from support.generators import build_stylegan, load_generator, stylegan_config
+from support.inception import FEATURE_SPACE, inception_features, inception_sq_distance
+from support.params import Params
+from support.stage import stage_args
 
 log = logging.getLogger("stages.train_gan")
 # gan params that do not change the training trajectory: a run extended by a larger `kimg`
@@ -103,7 +103,7 @@ def export(out: Path, state: dict, meta: dict, samples: torch.Tensor, grid: int)
     if out.exists():
         shutil.rmtree(out)
     weights = save_checkpoint(out, 0, state, meta, name="generator")
-    save_grid(to_uint8(samples * 0.5 + 0.5), out / "samples.png", ncols=grid, scale=2)
+    save_grid(signed_to_uint8(samples), out / "samples.png", ncols=grid, scale=2)
     return weights
 
 
@@ -117,7 +117,7 @@ def w_statistics(gen, n: int, seed: int, device) -> dict:
 
 
 def quality_metrics(gen, reals: torch.Tensor, params: Params, device) -> dict:
-    """FID and PPL (Table 1) in the Inception-v3 feature space; see pipeline.inception."""
+    """FID and PPL (Table 1) in the Inception-v3 feature space; see support.inception."""
     gan, out = params.gan, {}
     g = torch.Generator().manual_seed(gan.seed + 3)
     if gan.fid_samples:
@@ -213,7 +213,7 @@ def initial_state(params: Params, G, D, faces_hash: str) -> None:
 
 def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: World | None = None) -> dict:
     """Train (or resume) StyleGAN2; under torchrun every rank trains on batch_size / world images
-    per step with averaged gradients (pipeline/distributed.py) and rank 0 alone writes."""
+    per step with averaged gradients (support/distributed.py) and rank 0 alone writes."""
     world = world or World(0, 1, select_device(params.device))
     gan, device = params.gan, world.device
     if gan.batch_size % world.size:
@@ -284,7 +284,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
                 trainer.G_ema.mapping(z_grid, broadcast=False, update_w_avg=False), noise_mode="const"
             )
         save_grid(
-            to_uint8(samples * 0.5 + 0.5),
+            signed_to_uint8(samples),
             run_dir / "samples" / f"kimg-{shown / 1000:09.3f}.png",
             ncols=gan.grid,
             scale=2,

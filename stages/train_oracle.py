@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.oracle import FactorRegressor, r2_scores
-from pipeline.artifacts import open_store, write_json
-from pipeline.checkpoints import save_checkpoint
-from pipeline.datasets import load_images, to_unit
-from pipeline.device import select_device
-from pipeline.oracle import predict
-from pipeline.params import Params
-from pipeline.stage import stage_args
+from store.artifacts import open_store, write_json
+from store.checkpoints import save_checkpoint
+from store.datasets import load_images, to_unit
+from support.device import select_device
+from support.oracle import predict
+from support.params import Params
+from support.stage import stage_args
 
 log = logging.getLogger("stages.train_oracle")
 

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from models.decomposition import SEMANTIC_NAMES, Decomposer, resize
 from models.recon_health import HealthMonitor, probe
 from models.recon_training import ReconTrainer
-from pipeline.artifacts import open_store, write_json
-from pipeline.checkpoints import (
+from store.artifacts import open_store, write_json
+from store.checkpoints import (
     changed_keys,
     latest_checkpoint,
     load_checkpoint,
@@ -42,9 +42,10 @@ from pipeline.checkpoints import (
     set_aside,
     write_curves,
 )
-from pipeline.datasets import load_images, to_unit
-from pipeline.device import select_device
-from pipeline.distributed import (
+from store.datasets import load_images, to_unit
+from store.images import save_grid
+from support.device import select_device
+from support.distributed import (
     World,
     average_gradients,
     barrier,
@@ -53,11 +54,10 @@ from pipeline.distributed import (
     setup,
     teardown,
 )
-from pipeline.generators import load_generator
-from pipeline.images import save_grid
-from pipeline.params import Params
-from pipeline.recon import PANEL_COLUMNS, decomposer_config, evaluate, panel, yaw_scatter
-from pipeline.stage import stage_args
+from support.generators import load_generator
+from support.params import Params
+from support.recon import PANEL_COLUMNS, decomposer_config, evaluate, panel, yaw_scatter
+from support.stage import stage_args
 
 log = logging.getLogger("stages.train_recon")
 # recon params that do not change the training trajectory (a longer run resumes)

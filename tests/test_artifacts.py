@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.artifacts import IncompleteArtifactError, open_store, summarize, write_json, write_store
+from store.artifacts import IncompleteArtifactError, open_store, summarize, write_json, write_store
 
 
 def _write(path, value, fail=False):

@@ -1,6 +1,6 @@
 import torch
 
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from store.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def test_round_trip_nested_state(tmp_path):
@@ -45,7 +45,7 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
-from pipeline.checkpoints import CheckpointError  # noqa: E402
+from store.checkpoints import CheckpointError  # noqa: E402
 
 
 def _damage(weights, how):
@@ -79,8 +79,8 @@ def exported(tmp_path_factory):
     """A tiny linear generator, decomposer and oracle as their stages export them."""
     import yaml
 
-    from pipeline.params import parse_params
     from stages import faces, train_gan, train_oracle, train_recon
+    from support.params import parse_params
     from tests.conftest import REPO
 
     d = tmp_path_factory.mktemp("exported")
@@ -119,9 +119,9 @@ def exported(tmp_path_factory):
 
 
 def _loaders():
-    from pipeline.generators import load_generator
-    from pipeline.oracle import load_oracle
-    from pipeline.recon import load_decomposer
+    from support.generators import load_generator
+    from support.oracle import load_oracle
+    from support.recon import load_decomposer
 
     return {
         "generator": load_generator,
@@ -150,7 +150,7 @@ def test_every_loader_names_a_damaged_file(exported, tmp_path, loader, how):
 def test_a_decomposer_of_another_architecture_is_named(exported, tmp_path):
     import shutil
 
-    from pipeline.recon import load_decomposer
+    from support.recon import load_decomposer
 
     folder = tmp_path / "recon"
     shutil.copytree(exported["decomposer"].parent, folder)
@@ -167,8 +167,8 @@ def test_a_truncated_gan_init_names_the_key_and_the_file(exported, tmp_path):
 
     import yaml
 
-    from pipeline.params import parse_params
     from stages import train_gan
+    from support.params import parse_params
     from tests.conftest import REPO
 
     init = tmp_path / "init.safetensors"

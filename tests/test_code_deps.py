@@ -6,7 +6,7 @@ import shutil
 
 import yaml
 
-from pipeline.code_deps import import_closure, stage_closures, sync_deps
+from pipeline.code_deps import PACKAGES, import_closure, stage_closures, sync_deps
 from tests.conftest import REPO
 
 
@@ -34,16 +34,16 @@ def test_the_closure_follows_imports_inside_functions_and_packages():
     closure = import_closure(REPO, "stages.decompose")
     assert {
         "stages/decompose.py",
-        "pipeline/recon.py",
+        "support/recon.py",
         "models/recon_training.py",
-        "pipeline/checkpoints.py",
+        "store/checkpoints.py",
         "models/renderer.py",
-    } <= closure  # decompose -> pipeline.recon -> models.recon_training -> renderer
+    } <= closure  # decompose -> support.recon -> models.recon_training -> renderer
     assert "stages/regress.py" not in import_closure(REPO, "stages.factorize")
 
 
 def test_a_planted_missing_dependency_is_caught_and_sync_restores_it(tmp_path):
-    for folder in ("models", "pipeline", "stages"):
+    for folder in PACKAGES:
         shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     text = (REPO / "dvc.yaml").read_text()
     planted = text.replace("      - models/linear_semantics.py\n", "", 1)  # the first stage that lists it

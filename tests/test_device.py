@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.device import select_device
+from support.device import select_device
 
 
 def test_auto_and_cpu(monkeypatch):

@@ -1,4 +1,4 @@
-"""Data-parallel training (pipeline/distributed.py) with 2 gloo processes on the CPU, and torchrun."""
+"""Data-parallel training (support/distributed.py) with 2 gloo processes on the CPU, and torchrun."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _init(rank: int, world: int, init_file: str) -> None:
 
 
 def _average_worker(rank, world, init_file, out):
-    from pipeline.distributed import average_gradients
+    from support.distributed import average_gradients
 
     _init(rank, world, init_file)
     a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
@@ -33,8 +33,8 @@ def _average_worker(rank, world, init_file, out):
 
 def _gan_worker(rank, world, init_file, out, hook):
     from models.gan_training import GANTrainer
-    from pipeline.distributed import average_gradients, broadcast_parameters
-    from pipeline.generators import build_stylegan
+    from support.distributed import average_gradients, broadcast_parameters
+    from support.generators import build_stylegan
 
     _init(rank, world, init_file)
     torch.manual_seed(100 + rank)  # different initial weights on purpose: the broadcast must fix that
@@ -113,8 +113,8 @@ def test_torchrun_trains_the_gan_stage_with_two_ranks(repo_root, tmp_path):
     )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
-    from pipeline.params import parse_params
     from stages import faces
+    from support.params import parse_params
 
     faces.run(parse_params(raw), tmp_path / "faces.zarr", tmp_path / "r.csv", tmp_path / "f.json")
     proc = subprocess.run(
@@ -175,8 +175,8 @@ def test_torchrun_trains_the_3d_net_with_two_ranks(repo_root, tmp_path):
         allow_degenerate=True,
     )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    from pipeline.params import parse_params
     from stages import faces
+    from support.params import parse_params
 
     faces.run(parse_params(raw), tmp_path / "faces.zarr", tmp_path / "r.csv", tmp_path / "f.json")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}

@@ -10,11 +10,11 @@ from PIL import Image
 
 from models import faces as face_model
 from pipeline import cli
-from pipeline.artifacts import write_store
-from pipeline.edit import edit_grid, load_direction, parse_scales
-from pipeline.generators import load_generator
-from pipeline.params import parse_params
 from stages import faces, train_gan
+from store.artifacts import write_store
+from support.edit import edit_grid, load_direction, parse_scales
+from support.generators import load_generator
+from support.params import parse_params
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import yaml
 from models import faces as face_model
 from models.decomposition import SEMANTIC_NAMES
 from models.peers import best_abs_corr, ganspace, interfacegan, pearson, sefa
-from pipeline.artifacts import write_store
-from pipeline.generators import load_generator
-from pipeline.params import parse_params
 from stages import evaluate, faces, train_gan, train_oracle
+from store.artifacts import write_store
+from support.generators import load_generator
+from support.params import parse_params
 
 
 def test_pearson_on_a_known_correlation():
@@ -152,7 +152,7 @@ def test_evaluate_with_the_real_oracle_runs_and_flags(linear_setup, tmp_path):
 
 
 def test_sefa_reads_the_first_style_affine_of_stylegan2():
-    from pipeline.generators import LatentGenerator, build_stylegan
+    from support.generators import LatentGenerator, build_stylegan
 
     G, _ = build_stylegan(
         {"z_dim": 8, "w_dim": 8, "mapping_layers": 1, "resolution": 8, "channel_base": 64, "channel_max": 16}

@@ -12,10 +12,10 @@ import yaml
 
 from models import faces as face_model
 from pipeline import cli
-from pipeline.artifacts import open_store
-from pipeline.generators import load_generator
-from pipeline.params import parse_params
 from stages import cluster, decompose, faces, factorize, regress, sample_latents, train_gan, train_recon
+from store.artifacts import open_store
+from support.generators import load_generator
+from support.params import parse_params
 
 
 def tiny(repo_root, **fact):

@@ -14,9 +14,9 @@ import psutil
 import pytest
 import yaml
 
+from pipeline.dvc_process import stop_process_tree
 from pipeline.env import environment_defaults
-from pipeline.flow import stop_process_tree
-from pipeline.params import Params, ParamsError, load_params, parse_params
+from support.params import Params, ParamsError, load_params, parse_params
 
 REPO = Path(__file__).resolve().parent.parent
 

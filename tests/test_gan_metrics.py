@@ -47,7 +47,7 @@ def test_path_length_of_a_linear_generator():
 
 
 def test_train_gan_reports_fid_and_ppl_with_their_space(repo_root, tmp_path):
-    from pipeline.inception import inception_path
+    from support.inception import inception_path
 
     inception_path()  # installed by the Makefile; a missing network must fail, not skip
     from stages import faces, train_gan
@@ -74,7 +74,7 @@ def faces32():
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(faces32):
-    from pipeline.inception import inception_features
+    from support.inception import inception_features
 
     real = feature_statistics(inception_features(faces32))
     assert abs(frechet_distance(*real, *real)) < 1e-3
@@ -90,7 +90,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(faces32):
 def test_ppl_is_larger_for_a_generator_with_larger_jumps(faces32):
     """Two generators between the same two faces: a smooth blend and a near-step one. In Inception
     space (the PPL the stage reports) the abrupt one has the longer paths."""
-    from pipeline.inception import inception_sq_distance
+    from support.inception import inception_sq_distance
 
     a, b = faces32[:1], faces32[1:2]
 

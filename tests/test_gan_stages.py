@@ -10,11 +10,11 @@ import torch
 import yaml
 
 from models.gan_training import GANTrainer
-from pipeline.artifacts import open_store
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint
-from pipeline.generators import load_generator
-from pipeline.params import parse_params
 from stages import faces, sample_latents, train_gan
+from store.artifacts import open_store
+from store.checkpoints import latest_checkpoint, load_checkpoint
+from support.generators import load_generator
+from support.params import parse_params
 
 
 def tiny(repo_root, **gan):

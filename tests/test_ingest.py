@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.artifacts import open_store
-from pipeline.params import parse_params
 from stages import faces as faces_stage
+from store.artifacts import open_store
+from support.params import parse_params
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -162,7 +162,7 @@ def test_a_file_pillow_fails_on_in_any_way_is_skipped_and_named(tmp_path):
 
 
 def test_alpha_background_is_validated():
-    from pipeline.params import ParamsError
+    from support.params import ParamsError
 
     with pytest.raises(ParamsError, match="data.alpha_background"):
         parse_params({"data": {"alpha_background": [0, 300, 0]}})

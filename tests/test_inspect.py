@@ -1,7 +1,7 @@
 """`facesem inspect`: artifacts at git revisions and `dvc exp` refs (no checkout), exports, diffs.
 
 A tiny git + DVC repository is built once per module in a temporary folder: a one-stage
-dvc.yaml writes `data/s.zarr` (with `pipeline.artifacts.write_store`) and a metrics file
+dvc.yaml writes `data/s.zarr` (with `store.artifacts.write_store`) and a metrics file
 from params.yaml; commit v1 (scale 1, 8 rows), `dvc exp run -S make.scale=3 -n bigger`,
 then commit v2 (scale 2, 12 rows, plus an incomplete store tracked with `dvc add`).
 """
@@ -22,20 +22,20 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline import inspection as insp
-from pipeline.artifacts import IncompleteArtifactError
 from pipeline.env import environment_defaults
+from store.artifacts import IncompleteArtifactError
 
 REPO = Path(__file__).resolve().parent.parent
 
 # zarr only warns when a store's metadata cannot be read (the array then goes missing): a
-# failure here (seen with concurrent DVCFileSystem reads, see pipeline.inspection.Source)
+# failure here (seen with concurrent DVCFileSystem reads, see tools.inspect_artifacts.Source)
 pytestmark = pytest.mark.filterwarnings("error::zarr.errors.ZarrUserWarning")
 
 MAKE = textwrap.dedent(f"""\
     import sys
     sys.path.insert(0, {str(REPO)!r})
     import numpy as np, yaml
-    from pipeline.artifacts import write_json, write_store
+    from store.artifacts import write_json, write_store
 
     p = yaml.safe_load(open("params.yaml"))["make"]
     s, n = p["scale"], p["n"]

@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from models.oracle import r2_scores
-from pipeline.artifacts import write_store
-from pipeline.checkpoints import load_checkpoint
-from pipeline.params import parse_params
 from stages import faces, train_oracle
+from store.artifacts import write_store
+from store.checkpoints import load_checkpoint
+from support.params import parse_params
 
 
 def params(repo_root):

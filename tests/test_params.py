@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from pipeline.params import Params, ParamsError, load_params, parse_params
+from support.params import Params, ParamsError, load_params, parse_params
 
 
 def test_repo_params_file_is_valid(repo_root):

@@ -167,7 +167,7 @@ def test_dvc_repro_then_flow_then_param_change(tiny_repo):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first.stdout
     faces = root / "data" / "faces.zarr"
-    from pipeline.artifacts import open_store
+    from store.artifacts import open_store
 
     group = open_store(faces)
     assert group["images"].shape == (48, 3, 32, 32) and group["gt/depth"].shape[0] == 8
@@ -221,7 +221,7 @@ def test_dask_sharded_stages_equal_the_single_process_run(tiny_repo):
     processes), writing disjoint regions of one Zarr store: the same arrays as the
     single-process `dvc repro` above, and DVC agrees the stages are up to date afterwards."""
     root, env = tiny_repo
-    from pipeline.artifacts import open_store
+    from store.artifacts import open_store
 
     _dvc(root, env, "repro", "decompose")  # its own state: a no-op when an earlier test left it up to date
     stores = {"latents.zarr": ("z", "w", "images"), "semantics.zarr": ("semantics", "depth", "albedo")}

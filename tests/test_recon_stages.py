@@ -13,11 +13,11 @@ from models import faces as face_model
 from models.decomposition import SEMANTIC_NAMES, Decomposer, Decomposition
 from models.recon_metrics import ground_truth_errors
 from models.recon_training import ReconTrainer
-from pipeline.artifacts import open_store
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint
-from pipeline.params import parse_params
-from pipeline.recon import PANEL_COLUMNS, eval_faces, load_decomposer, panel
 from stages import decompose, faces, sample_latents, train_gan, train_recon
+from store.artifacts import open_store
+from store.checkpoints import latest_checkpoint, load_checkpoint
+from support.params import parse_params
+from support.recon import PANEL_COLUMNS, eval_faces, load_decomposer, panel
 
 
 def tiny(repo_root, **recon):

@@ -11,9 +11,9 @@ import yaml
 
 from models.decomposition import SEMANTIC_NAMES
 from models.linear_semantics import NormalEquations, pair_differences, regress_directions, stream_pairs, unit
-from pipeline.artifacts import open_store, write_store
-from pipeline.params import parse_params
 from stages import regress
+from store.artifacts import open_store, write_store
+from support.params import parse_params
 
 
 def tiny(repo_root, **over):

@@ -11,7 +11,6 @@ import subprocess
 import pytest
 import yaml
 
-from pipeline.params import parse_params
 from stages import (
     cluster,
     decompose,
@@ -26,6 +25,7 @@ from stages import (
     train_oracle,
     train_recon,
 )
+from support.params import parse_params
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = [

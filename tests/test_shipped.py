@@ -10,10 +10,10 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from pipeline.checkpoints import save_checkpoint
-from pipeline.generators import build_stylegan, load_generator, stylegan_config
-from pipeline.params import load_params, parse_params
 from stages import train_gan
+from store.checkpoints import save_checkpoint
+from support.generators import build_stylegan, load_generator, stylegan_config
+from support.params import load_params, parse_params
 
 
 @pytest.fixture(scope="module")

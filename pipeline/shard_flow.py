@@ -1,7 +1,7 @@
 """Shardable stages split over a task runner's workers (a Dask cluster: `flow.task_runner: dask`).
 
 `sample_latents` and `decompose` write chunks of one Zarr store independently
-(`pipeline/sharding.py`): the flow runs the stage's dvc.yaml command with `--prepare`, then
+(`store/chunked.py`): the flow runs the stage's dvc.yaml command with `--prepare`, then
 `--shard i/n` for i < n as separate tasks (on any worker; each writes a disjoint region), then
 `--finalize` (checks every chunk, marks the store complete), then `dvc commit` so that DVC
 records the outputs exactly as if `dvc repro` had run the stage. The result equals the
@@ -18,6 +18,8 @@ import yaml
 from prefect import task
 from prefect.states import Completed
 
+from pipeline.dvc_process import StageTimeout, stage_is_current, stop_process_tree
+
 SHARDABLE = ("sample_latents", "decompose")
 
 
@@ -31,7 +33,6 @@ def stage_command(root: Path, name: str) -> list[str]:
 
 def _call(cmd: list[str], root: Path, env: dict[str, str], what: str, timeout_s: float | None = None) -> None:
     """Run one part; past `timeout_s` its processes are stopped and StageTimeout raised."""
-    from pipeline.flow import StageTimeout, stop_process_tree  # noqa: PLC0415 (flow imports this module)
 
     with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         try:
@@ -65,8 +66,6 @@ def run_part(
     if prepared == "cached":
         return "cached"
     if part == "prepare" and not force:
-        from pipeline.flow import stage_is_current  # noqa: PLC0415 (flow imports this module)
-
         if stage_is_current(name, Path(root)):
             return "cached"
     flag = ["--shard", part] if "/" in part else [f"--{part}"]

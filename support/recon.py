@@ -16,9 +16,9 @@ from models.decomposition import Decomposer, DecomposerConfig, resize
 from models.recon_metrics import ground_truth_errors
 from models.recon_training import render_reconstructions
 from models.renderer import LIGHT_NAMES, VIEW_NAMES, shade
-from pipeline.checkpoints import load_checkpoint, load_weights
-from pipeline.images import to_uint8
-from pipeline.params import Params, ReconParams
+from store.checkpoints import load_checkpoint, load_weights
+from store.images import to_uint8
+from support.params import Params, ReconParams
 
 CONFIG_KEYS = ("resolution", "nf_map", "zdim_map", "nf_encoder", "nf_conf", "zdim_conf", "depth_prior")
 PANEL_COLUMNS = ("input", "reconstruction", "canonical albedo", "canonical shape", "confidence")

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from support.project import stage_names
+
 Byte = Annotated[int, Field(ge=0, le=255)]
 
 
@@ -248,7 +250,7 @@ class FlowParams(Section):
             return value
         stages = (info.context or {}).get("stages")
         if stages is None:
-            stages = _dvc_yaml_stages()
+            stages = stage_names()
         unknown = [name for name in value if name not in stages and name.split("@", 1)[0] not in stages]
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml declares {sorted(stages)}")
@@ -259,16 +261,6 @@ class FlowParams(Section):
 
     def timeout_for(self, stage: str) -> float | None:
         return self.stage_timeouts.get(stage, self.timeout_s)
-
-
-def _dvc_yaml_stages() -> list[str]:
-    """Stage names of the project's dvc.yaml (foreach/matrix stages by their base name)."""
-    from pipeline.env import project_root
-
-    path = project_root() / "dvc.yaml"
-    if not path.is_file():
-        raise ValueError(f"{path} not found: cannot check stage names")
-    return list((yaml.safe_load(path.read_text()) or {}).get("stages") or {})
 
 
 class Params(Section):

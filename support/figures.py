@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.images import to_uint8
+from store.images import to_uint8
 
 
 def split_maps(u: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -77,6 +77,12 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
 
 
+def signed_to_uint8(images) -> np.ndarray:
+    """float images in [-1, 1] (a generator's output range; torch or numpy) -> uint8 in [0, 255],
+    same shape; values outside the range are clipped."""
+    return to_uint8(images * 0.5 + 0.5)
+
+
 def image_grid(images: np.ndarray, ncols: int, scale: int = 1, pad: int = 1) -> Image.Image:
     """uint8 [N, 3, H, W] -> one PIL image, `ncols` per row, nearest-upscaled by `scale`."""
     n, c, h, w = images.shape

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from pipeline.artifacts import IncompleteArtifactError
+from store.artifacts import IncompleteArtifactError
 
 WORKSPACE = "workspace"  # a revision name meaning the work tree (as in `dvc metrics show`)
 ARTIFACT_GLOB = "data/*.zarr"
@@ -288,7 +288,7 @@ def array_stats(arr: zarr.Array, budget: int = BLOCK_BYTES) -> dict[str, float]:
 
 def artifact_rows(rel: str, group: zarr.Group) -> list[dict[str, Any]]:
     """One listing row per array: shape, dtype, chunks, stored size, producing stage, params
-    hash, completeness (the columns of `pipeline.artifacts.summarize`)."""
+    hash, completeness (the columns of `store.artifacts.summarize`)."""
     attrs = dict(group.attrs)
     return [
         {
@@ -363,7 +363,7 @@ def grid_images(arr: zarr.Array, rows: int, where: str) -> np.ndarray:
 def export_png(
     arr: zarr.Array, out: str | Path, rows: int | None, where: str, zoom: int = 1, ncols: int | None = None
 ) -> str:
-    from pipeline.images import save_grid
+    from store.images import save_grid
 
     images = grid_images(arr, rows or 16, where)
     ncols = ncols or math.ceil(math.sqrt(len(images)))

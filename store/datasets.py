@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.artifacts import open_store
+from store.artifacts import open_store
 
 
 def resize_uint8(block: torch.Tensor, resolution: int) -> torch.Tensor:

@@ -14,8 +14,8 @@ import torch
 
 from models.linear_generator import LinearFaceGenerator
 from models.stylegan2 import Discriminator, Generator
-from pipeline.checkpoints import CheckpointError, load_checkpoint, load_weights
-from pipeline.params import GanParams
+from store.checkpoints import CheckpointError, load_checkpoint, load_weights
+from support.params import GanParams
 
 STYLEGAN_KEYS = ("z_dim", "w_dim", "mapping_layers", "resolution", "channel_base", "channel_max")
 

@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from pipeline.artifacts import create_store, mark_complete, write_store
+from store.artifacts import create_store, mark_complete, write_store
 
 Mode = None | str | tuple[int, int]  # None (single process) | "prepare" | "finalize" | (i, n)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from models.oracle import FactorRegressor
-from pipeline.checkpoints import CheckpointError, load_checkpoint, load_weights
-from pipeline.datasets import to_unit
+from store.checkpoints import CheckpointError, load_checkpoint, load_weights
+from store.datasets import to_unit
 
 
 @torch.no_grad()

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.artifacts import temporary_path, write_json
+from store.artifacts import temporary_path, write_json
 
 _NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
-log = logging.getLogger("pipeline.checkpoints")
+log = logging.getLogger("store.checkpoints")
 
 
 def flatten_state(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.params import Params, load_params
+from support.params import Params, load_params
 
 
 def stage_args(description: str, outputs: list[str]) -> tuple[argparse.Namespace, Params]:

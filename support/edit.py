@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from models.linear_semantics import manipulate
-from pipeline.artifacts import open_store
-from pipeline.generators import LatentGenerator
-from pipeline.images import to_uint8
+from store.artifacts import open_store
+from store.images import signed_to_uint8
+from support.generators import LatentGenerator
 
 
 def load_direction(stores: str | Path | list, name: str) -> tuple[torch.Tensor, float]:
@@ -81,4 +81,4 @@ def edit_grid(
     w = gen.mapping(z.to(device), truncation_psi)  # [n, d]
     s = torch.tensor(scales, device=device)
     w_s = manipulate(w.repeat_interleave(len(scales), 0), direction.to(device), s.repeat(len(seeds)), sigma_w)
-    return to_uint8(gen.synthesis(w_s).clamp(-1, 1) * 0.5 + 0.5)
+    return signed_to_uint8(gen.synthesis(w_s))
