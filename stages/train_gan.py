@@ -8,8 +8,6 @@ A checkpoint is reused only if it was made with the same gan params and the same
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import shutil
@@ -25,19 +23,7 @@ from models.gan_metrics import feature_statistics, frechet_distance, path_length
 from models.gan_training import GANTrainer
 from models.linear_generator import LinearFaceGenerator
 from store.artifacts import open_store, write_json
-from store.checkpoints import (
-    CheckpointError,
-    changed_keys,
-    latest_checkpoint,
-    load_checkpoint,
-    load_sidecar,
-    load_weights,
-    prune_checkpoints,
-    read_curves,
-    save_checkpoint,
-    set_aside,
-    write_curves,
-)
+from store.checkpoints import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from store.datasets import load_images, resize_uint8, to_unit
 from store.images import save_grid, signed_to_uint8
 from support.device import select_device
@@ -54,6 +40,7 @@ from support.generators import build_stylegan, load_generator, stylegan_config
 from support.inception import FEATURE_SPACE, inception_features, inception_sq_distance
 from support.params import Params
 from support.stage import stage_args
+from support.training_run import TrainingRun, trajectory
 
 log = logging.getLogger("stages.train_gan")
 # gan params that do not change the training trajectory: a run extended by a larger `kimg`
@@ -80,16 +67,6 @@ CURVE_KEYS = (
     "pl_penalty",
     "img_per_s",
 )
-
-
-def trajectory(params: Params) -> dict:
-    """The gan params that shape training (all but NOT_TRAJECTORY)."""
-    return {k: v for k, v in params.gan.model_dump().items() if k not in NOT_TRAJECTORY}
-
-
-def trajectory_hash(params: Params) -> str:
-    """Hash of ``trajectory(params)``."""
-    return hashlib.sha256(json.dumps(trajectory(params), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def grid_latents(params: Params, z_dim: int, device) -> torch.Tensor:
@@ -220,7 +197,13 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
         raise ValueError(f"gan.batch_size {gan.batch_size} must be divisible by the {world.size} ranks")
     rank_batch = gan.batch_size // world.size
     reals, faces_attrs = load_images(faces, gan.resolution)
-    run_hash = trajectory_hash(params) + "-" + faces_attrs["params_hash"]
+    run = TrainingRun(
+        "train_gan",
+        run_dir,
+        trajectory(gan.model_dump(), NOT_TRAJECTORY, faces_params_hash=faces_attrs["params_hash"]),
+        world,
+        gan.keep_checkpoints,
+    )
     config = stylegan_config(gan)
     G, D = build_stylegan(config)
     initial_state(params, G, D, faces_attrs["params_hash"])
@@ -242,34 +225,28 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
         seed=gan.seed,
     )
     sampler = torch.Generator().manual_seed(gan.seed)
-    ckpt_dir, curves = run_dir / "checkpoints", run_dir / "curves.csv"
     shown = 0  # real images shown in this run
-    latest = latest_checkpoint(ckpt_dir)
-    old_meta = load_sidecar(latest) if latest is not None else {}
-    run_params = {**trajectory(params), "faces_params_hash": faces_attrs["params_hash"]}
-    if latest is not None and old_meta.get("run_hash") == run_hash:
-        state, meta = load_checkpoint(latest, device)
+    resumed = run.resume(device)
+    if resumed is not None:
+        state, meta = resumed
         trainer.load_state_dict(state["trainer"])
         sampler.set_state(state["sampler"])
         shown = int(meta["shown"])
-        log.info("resuming from %s (%.1f kimg of %.1f)", latest.name, shown / 1000, gan.kimg)
-    elif world.main:  # another run's state: moved aside, never deleted
-        set_aside(run_dir, "train_gan", changed_keys(old_meta.get("trajectory"), run_params))
+        log.info("resumed at %.1f kimg of %.1f", shown / 1000, gan.kimg)
     if world.size > 1:  # each rank its own stream of reals, latents and noise, resumable from the step
-        trainer.seed(gan.seed + 1_000_003 * world.rank + trainer.step_count)
-        sampler.manual_seed(gan.seed + 1_000_003 * world.rank + trainer.step_count + 1)
+        trainer.seed(run.rank_seed(gan.seed, trainer.step_count))
+        sampler.manual_seed(run.rank_seed(gan.seed, trainer.step_count) + 1)
         trainer.grad_hook, trainer.world_size = average_gradients, world.size
     barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
-    rows = read_curves(curves, "kimg", shown / 1000)
+    rows = run.read_curves("curves.csv", "kimg", shown / 1000)
     z_grid = grid_latents(params, gan.z_dim, device)
     meta_base = {
         "kind": "stylegan2",
         "config": config,
         "params_hash": params.section_hash("gan"),
-        "run_hash": run_hash,
+        **run.meta,
         "faces_params_hash": faces_attrs["params_hash"],
-        "trajectory": run_params,
         "init": gan.init,
         "device": str(device),
         "torch": torch.__version__,
@@ -277,8 +254,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
 
     def snapshot() -> None:
         state = {"trainer": trainer.state_dict(), "sampler": sampler.get_state()}
-        save_checkpoint(ckpt_dir, trainer.step_count, state, {**meta_base, "shown": shown, "kimg": shown / 1000})
-        prune_checkpoints(ckpt_dir, gan.keep_checkpoints)
+        run.save(trainer.step_count, state, {**meta_base, "shown": shown, "kimg": shown / 1000})
         with torch.no_grad():
             samples = trainer.G_ema.synthesis(
                 trainer.G_ema.mapping(z_grid, broadcast=False, update_w_avg=False), noise_mode="const"
@@ -289,7 +265,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
             ncols=gan.grid,
             scale=2,
         )
-        write_curves(curves, rows, CURVE_KEYS)
+        run.write_curves("curves.csv", rows, CURVE_KEYS)
 
     total, next_snap, t0, n0 = int(gan.kimg * 1000), 0.0, time.perf_counter(), shown
     next_snap = (math.floor(shown / 1000 / gan.snapshot_kimg) + 1) * gan.snapshot_kimg
@@ -300,11 +276,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
             try:
                 stats = trainer.step(to_unit(reals[idx]).to(device))
             except FloatingPointError as err:
-                kept = latest_checkpoint(ckpt_dir)
-                raise SystemExit(
-                    f"train_gan: training diverged at {shown / 1000:.2f} kimg ({err}); "
-                    f"the last good checkpoint is kept: {kept}"
-                ) from None
+                raise run.diverged(f"{shown / 1000:.2f} kimg", err) from None
             shown += gan.batch_size
             last.update(stats)
             bar.update(gan.batch_size)
@@ -321,7 +293,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
                 if world.main:
                     snapshot()
                 next_snap += gan.snapshot_kimg
-    if world.main and not latest_checkpoint(ckpt_dir):
+    if world.main and not latest_checkpoint(run.checkpoints):
         snapshot()  # kimg = 0: still export something loadable
     log.info(
         "rank %d of %d: %d images per step, %d steps, parameters sha256 %s%s",

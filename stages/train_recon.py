@@ -31,17 +31,7 @@ from models.decomposition import SEMANTIC_NAMES, Decomposer, resize
 from models.recon_health import HealthMonitor, probe
 from models.recon_training import ReconTrainer
 from store.artifacts import open_store, write_json
-from store.checkpoints import (
-    changed_keys,
-    latest_checkpoint,
-    load_checkpoint,
-    load_sidecar,
-    prune_checkpoints,
-    read_curves,
-    save_checkpoint,
-    set_aside,
-    write_curves,
-)
+from store.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from store.datasets import load_images, to_unit
 from store.images import save_grid
 from support.device import select_device
@@ -58,6 +48,7 @@ from support.generators import load_generator
 from support.params import Params
 from support.recon import PANEL_COLUMNS, decomposer_config, evaluate, panel, yaw_scatter
 from support.stage import stage_args
+from support.training_run import TrainingRun, trajectory
 
 log = logging.getLogger("stages.train_recon")
 # recon params that do not change the training trajectory (a longer run resumes)
@@ -115,17 +106,6 @@ class Batches:
             return self._generate(torch.randn(self.batch, self.gen.z_dim, generator=self.sampler))
         idx = torch.randint(len(self.images), (self.batch,), generator=self.sampler)
         return to_unit(self.images[idx]).to(self.device), None
-
-
-def trajectory(params: Params, source_id: str) -> dict:
-    """The recon params that shape training, the training images' source and the face model's asymmetry."""
-    keep = {k: v for k, v in params.recon.model_dump().items() if k not in NOT_TRAJECTORY}
-    return {**keep, "source": source_id, "asymmetry": params.data.asymmetry}
-
-
-def trajectory_hash(params: Params, source_id: str) -> str:
-    """Hash of ``trajectory(params, source_id)``."""
-    return hashlib.sha256(json.dumps(trajectory(params, source_id), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
@@ -189,40 +169,41 @@ def train(
         raise ValueError(f"recon.batch_size {rc.batch_size} must be divisible by the {world.size} ranks")
     trainer = build_trainer(params, batches, device)
     broadcast_parameters(trainer.decomposer)
-    run_hash = trajectory_hash(params, batches.source_id)
-    ckpt_dir, curves, health_csv = run_dir / "checkpoints", run_dir / "curves.csv", run_dir / "health.csv"
-    best_ckpt = ckpt_dir / "best.safetensors"
+    run = TrainingRun(
+        "train_recon",
+        run_dir,
+        trajectory(
+            params.recon.model_dump(), NOT_TRAJECTORY, source=batches.source_id, asymmetry=params.data.asymmetry
+        ),
+        world,
+        rc.keep_checkpoints,
+    )
+    best_ckpt = run.checkpoints / "best.safetensors"
     monitor, recoveries = HealthMonitor(), []
-    latest = latest_checkpoint(ckpt_dir)
-    old_meta = load_sidecar(latest) if latest is not None else {}
-    if latest is not None and old_meta.get("run_hash") == run_hash:
-        state, _ = load_checkpoint(latest, device)
+    resumed = run.resume(device)
+    if resumed is not None:
+        state, _ = resumed
         trainer.load_state_dict(state["trainer"])
         batches.sampler.set_state(state["sampler"])
         if "health" in state:
             saved = json.loads(state["health"])
             monitor.load_state_dict(saved["monitor"])
             recoveries = saved["recoveries"]
-        log.info("resuming from %s (step %d of %d)", latest.name, trainer.steps, rc.steps)
-    elif world.main:  # another run's state: moved aside, never deleted
-        set_aside(
-            run_dir, "train_recon", changed_keys(old_meta.get("trajectory"), trajectory(params, batches.source_id))
-        )
+        log.info("resumed at step %d of %d", trainer.steps, rc.steps)
     if world.size > 1:  # each rank its own slice of the batch and random streams, resumable from the step
         batches.batch = rc.batch_size // world.size
-        batches.sampler.manual_seed(rc.seed + 1_000_003 * world.rank + trainer.steps)
-        trainer.generator.manual_seed(rc.seed + 1_000_003 * world.rank + trainer.steps + 1)
+        batches.sampler.manual_seed(run.rank_seed(rc.seed, trainer.steps))
+        trainer.generator.manual_seed(run.rank_seed(rc.seed, trainer.steps) + 1)
         trainer.grad_hook = average_gradients
     barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
-    rows = read_curves(curves, "step", trainer.steps)
-    health_rows = read_curves(health_csv, "step", trainer.steps)
+    rows = run.read_curves("curves.csv", "step", trainer.steps)
+    health_rows = run.read_curves("health.csv", "step", trainer.steps)
     meta = {
-        "run_hash": run_hash,
+        **run.meta,
         "train_on": rc.train_on,
         "source_id": batches.source_id,
         "params_hash": params.section_hash("recon"),
-        "trajectory": trajectory(params, batches.source_id),
     }
 
     def state() -> dict:
@@ -233,16 +214,15 @@ def train(
         }
 
     def snapshot() -> None:
-        save_checkpoint(ckpt_dir, trainer.steps, state(), {**meta, "step": trainer.steps})
-        prune_checkpoints(ckpt_dir, rc.keep_checkpoints)
+        run.save(trainer.steps, state(), meta)
         save_grid(
             panel(trainer.decomposer, batches.panel_images),
             run_dir / "panels" / f"step-{trainer.steps:06d}.png",
             ncols=len(PANEL_COLUMNS),
             scale=3,
         )
-        write_curves(curves, rows, CURVE_KEYS)
-        write_curves(health_csv, health_rows, HEALTH_KEYS)
+        run.write_curves("curves.csv", rows, CURVE_KEYS)
+        run.write_curves("health.csv", health_rows, HEALTH_KEYS)
 
     def check_health() -> bool:
         """Probe this snapshot; True when it is healthy (the best one is kept as best.safetensors)."""
@@ -256,17 +236,15 @@ def train(
             }
         )
         if not reasons and monitor.update(trainer.steps, measures):
-            save_checkpoint(
-                ckpt_dir, trainer.steps, state(), {**meta, "step": trainer.steps, "health": measures}, name="best"
-            )
+            run.save(trainer.steps, state(), {**meta, "health": measures}, name="best")
         if not reasons:
             return True
         if len(recoveries) >= rc.max_recoveries:
-            write_curves(health_csv, health_rows, HEALTH_KEYS)
+            run.write_curves("health.csv", health_rows, HEALTH_KEYS)
             raise Collapse(
                 f"train_recon: the 3D decomposition collapsed at step {trainer.steps}: "
                 f"{'; '.join(reasons)}. {len(recoveries)} recoveries (recon.max_recoveries) were "
-                f"used: {recoveries}. Panels: {run_dir / 'panels'}, probe log: {health_csv}. Try "
+                f"used: {recoveries}. Panels: {run_dir / 'panels'}, probe log: {run_dir / 'health.csv'}. Try "
                 f"another recon.seed or a lower recon.lr."
             )
         seed = rc.seed + 1000 * (len(recoveries) + 1)
@@ -304,10 +282,7 @@ def train(
             try:
                 stats = trainer.step(images, w)
             except FloatingPointError as err:
-                raise SystemExit(
-                    f"train_recon: training diverged at step {trainer.steps} ({err}); "
-                    f"the last good checkpoint is kept: {latest_checkpoint(ckpt_dir)}"
-                ) from None
+                raise run.diverged(f"step {trainer.steps}", err) from None
             seen += len(images) + int(stats["n_augmented"])
             bar.update()
             if trainer.steps % rc.log_every == 0:
@@ -327,7 +302,7 @@ def train(
                 else:
                     bar.n = trainer.steps
                     bar.refresh()
-    if world.main and trainer.steps == s0 and latest_checkpoint(ckpt_dir) is None:
+    if world.main and trainer.steps == s0 and latest_checkpoint(run.checkpoints) is None:
         check_health()
         snapshot()  # steps = 0: still leave a loadable state
     log.info(

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from models.gan_training import GANTrainer
+from pipeline.code_deps import PACKAGES
 from stages import faces, sample_latents, train_gan
 from store.artifacts import open_store
 from store.checkpoints import latest_checkpoint, load_checkpoint
@@ -259,7 +260,7 @@ def test_a_run_killed_with_sigkill_resumes_through_dvc_repro_and_matches(repo_ro
     from pipeline.env import environment_defaults
 
     root = tmp_path / "repo"
-    for folder in ("models", "pipeline", "stages"):
+    for folder in PACKAGES:
         shutil.copytree(repo_root / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {k: stages[k] for k in ("faces", "train_gan")}}))

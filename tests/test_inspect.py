@@ -21,9 +21,9 @@ import zarr
 from PIL import Image
 
 from pipeline import cli
-from pipeline import inspection as insp
 from pipeline.env import environment_defaults
 from store.artifacts import IncompleteArtifactError
+from tools import inspect_artifacts as insp
 
 REPO = Path(__file__).resolve().parent.parent
 
