@@ -42,7 +42,53 @@ import torch.nn.functional as F
 from .decorrelation import decorrelation_loss, mean_abs_rho
 from .stylegan2 import Discriminator, Generator
 
-__all__ = ["GANTrainer", "adam_for_lazy_regularization"]
+__all__ = [
+    "GANTrainer",
+    "adam_for_lazy_regularization",
+    "d_logistic_loss",
+    "g_nonsaturating_loss",
+    "path_length_penalty",
+    "r1_penalty",
+]
+
+
+# ---------------------------------------------------------------------- losses (pure functions)
+
+
+def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's non-saturating logistic loss, mean of softplus(-D(G(z))) over fakes [B, 1] -> scalar
+    (StyleGAN2-ADA `training/loss.py`, Loss_Gmain)."""
+    return F.softplus(-fake_logits).mean()
+
+
+def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's logistic loss as (on reals, on fakes): mean softplus(-D(x)), mean softplus(D(G(z)));
+    logits [B, 1] each; D's loss is their sum (StyleGAN2-ADA Loss_Dgen + Loss_Dreal)."""
+    return F.softplus(-real_logits).mean(), F.softplus(fake_logits).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): mean over reals of |grad_x D(x)|^2 -> scalar, differentiable
+    (create_graph). `real_images` [B, C, H, W] must require grad and produce `real_logits` [B, 1].
+    The caller weights it by r1_gamma / 2."""
+    (grads,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)  # [B, C, H, W]
+    return grads.square().sum(dim=[1, 2, 3]).mean()
+
+
+def path_length_penalty(
+    images: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor, pl_mean: torch.Tensor, decay: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """StyleGAN2's path-length regulariser (Sec. 3.2, Eq. 4): lengths a = |J_w^T y| per sample,
+    y = `noise` [B, C, H, W] (N(0, I) / sqrt(H W)), J the Jacobian of `images` [B, C, H, W] with
+    respect to `ws` [B, num_ws, w_dim] (norm over w_dim, mean over layers, then sqrt).
+
+    Returns (penalty = mean (a - mean_new)^2, lengths a [B], mean_new = pl_mean moved towards
+    the batch mean by `decay`); the caller weights the penalty by pl_weight and stores mean_new.
+    """
+    (grads,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)  # [B, num_ws, w_dim]
+    lengths = grads.square().sum(dim=2).mean(dim=1).sqrt()  # [B]
+    mean = pl_mean.lerp(lengths.mean().detach(), decay)
+    return (lengths - mean).square().mean(), lengths, mean
 
 
 def adam_for_lazy_regularization(
@@ -57,53 +103,36 @@ def adam_for_lazy_regularization(
 
 
 class GANTrainer:
-    """StyleGAN2 trainer (G, D, G_ema, optimizers, regularisers, decorrelation).
-
-    Args (all keyword-only after G and D):
-        batch_size: nominal minibatch size (``step`` uses the size of the real batch it gets).
-        lr, d_lr: Adam learning rates of G and D (``d_lr=None``: same as ``lr``).
-        betas, eps: Adam parameters before the lazy-regularisation correction.
-        r1_gamma, r1_interval: R1 weight (0 = off) and its lazy interval.
-        pl_weight, pl_interval, pl_decay, pl_batch_shrink: path-length regulariser.
-        style_mixing_prob: probability of mixing two latents at a random layer cutoff.
-        ema_kimg, ema_rampup: half-life of the G EMA in thousands of images, and its
-            ramp-up (``None`` = no ramp-up).
-        decorr_weight: weight of Eq. 1 (0 = off; the loss is still evaluated and reported).
-        decorr_batch_size: None = use the w of the G-main batch; an int = map a separate
-            batch of that many z for the decorrelation loss (cheap: mapping network only;
-            a batch larger than w_dim estimates the correlation matrix with full rank).
-        decorr_reduction: "mean" or "sum", see ``models.decorrelation``.
-        seed / generator: seed of a new ``torch.Generator`` on G's device, or a ready one.
-        G_ema: an existing EMA generator (default: a deep copy of G).
-        sync_timing: synchronise CUDA before reading the clock, for per-phase timings.
-    """
+    """StyleGAN2 trainer (G, D, G_ema, optimizers, regularisers, decorrelation); one `step` per
+    minibatch. Constructor arguments are described where they are declared."""
 
     def __init__(
         self,
-        G: Generator,
-        D: Discriminator,
+        G: Generator,  # the generator being trained (mapping + synthesis)
+        D: Discriminator,  # the discriminator
         *,
-        batch_size: int,
-        lr: float = 0.0025,
-        d_lr: float | None = None,
-        betas: tuple[float, float] = (0.0, 0.99),
-        eps: float = 1e-8,
-        r1_gamma: float = 10.0,
-        r1_interval: int = 16,
-        pl_weight: float = 2.0,
-        pl_interval: int = 4,
-        pl_decay: float = 0.01,
-        pl_batch_shrink: int = 2,
-        style_mixing_prob: float = 0.9,
-        ema_kimg: float = 10.0,
-        ema_rampup: float | None = 0.05,
-        decorr_weight: float = 0.0,
-        decorr_batch_size: int | None = None,
-        decorr_reduction: str = "mean",
-        seed: int | None = 0,
-        generator: torch.Generator | None = None,
-        G_ema: Generator | None = None,
-        sync_timing: bool = False,
+        batch_size: int,  # nominal minibatch; `step` uses the size of the real batch it gets
+        lr: float = 0.0025,  # Adam learning rate of G
+        d_lr: float | None = None,  # Adam learning rate of D (None: same as lr)
+        betas: tuple[float, float] = (0.0, 0.99),  # Adam betas, before the lazy-regularisation correction
+        eps: float = 1e-8,  # Adam epsilon
+        r1_gamma: float = 10.0,  # R1 weight (0 = off)
+        r1_interval: int = 16,  # R1 evaluated every this many steps (lazy regularisation)
+        pl_weight: float = 2.0,  # path-length weight (0 = off)
+        pl_interval: int = 4,  # path length evaluated every this many steps
+        pl_decay: float = 0.01,  # decay of the moving mean path length
+        pl_batch_shrink: int = 2,  # the path-length batch is batch_size // this
+        style_mixing_prob: float = 0.9,  # probability of mixing two latents at a random layer cutoff
+        ema_kimg: float = 10.0,  # half-life of the G EMA, thousands of images
+        ema_rampup: float | None = 0.05,  # EMA half-life ramp-up as a fraction of images shown (None: off)
+        decorr_weight: float = 0.0,  # weight of Eq. 1 (0 = off; still evaluated and reported)
+        decorr_batch_size: int
+        | None = None,  # None: the G batch's w; int: map that many z for Eq. 1 (> w_dim: full rank)
+        decorr_reduction: str = "mean",  # "mean" or "sum" over pairs / dims, see models.decorrelation
+        seed: int | None = 0,  # seed of a new torch.Generator on G's device (None: nondeterministic)
+        generator: torch.Generator | None = None,  # or a ready random generator (overrides seed)
+        G_ema: Generator | None = None,  # an existing EMA generator (default: a deep copy of G)
+        sync_timing: bool = False,  # synchronise CUDA before reading the clock, for per-phase timings
     ):
         if r1_interval < 1 or pl_interval < 1:
             raise ValueError("r1_interval and pl_interval must be >= 1")
@@ -198,7 +227,7 @@ class GANTrainer:
         ws, w = self._map_with_mixing(G, z)
         img = G.synthesis(ws, noise_mode="random", generator=self.generator)  # [B, C, H, W]
         logits = D(img)  # [B, 1]
-        loss_gan = F.softplus(-logits).mean()
+        loss_gan = g_nonsaturating_loss(logits)
 
         t0 = self._clock()
         if self.decorr_batch_size is not None:
@@ -235,11 +264,8 @@ class GANTrainer:
         ws, _ = self._map_with_mixing(G, z)  # [b, num_ws, w_dim]
         img = G.synthesis(ws, noise_mode="random", generator=self.generator)  # [b, C, H, W]
         pl_noise = self._randn(*img.shape) / math.sqrt(img.shape[2] * img.shape[3])
-        (pl_grads,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)  # [b, num_ws, w_dim]
-        pl_lengths = pl_grads.square().sum(dim=2).mean(dim=1).sqrt()  # [b]
-        pl_mean = self.pl_mean.lerp(pl_lengths.mean().detach(), self.pl_decay)
+        penalty, pl_lengths, pl_mean = path_length_penalty(img, ws, pl_noise, self.pl_mean, self.pl_decay)
         self.pl_mean.copy_(pl_mean)
-        penalty = (pl_lengths - pl_mean).square().mean()
         loss = penalty * self.pl_weight
         out = {
             "pl_penalty": self._check_finite("path-length", loss),
@@ -261,8 +287,7 @@ class GANTrainer:
             fake = G.synthesis(ws, noise_mode="random", generator=self.generator)
         fake_logits = D(fake)  # [B, 1]
         real_logits = D(real)  # [B, 1]
-        loss_fake = F.softplus(fake_logits).mean()
-        loss_real = F.softplus(-real_logits).mean()
+        loss_real, loss_fake = d_logistic_loss(real_logits, fake_logits)
         loss = loss_fake + loss_real
         out = {
             "loss_D": self._check_finite("D logistic", loss),
@@ -282,9 +307,7 @@ class GANTrainer:
         D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
         real = real.detach().requires_grad_(True)
-        logits = D(real)  # [B, 1]
-        (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True)  # [B, C, H, W]
-        penalty = grads.square().sum(dim=[1, 2, 3]).mean()
+        penalty = r1_penalty(D(real), real)
         loss = penalty * (self.r1_gamma / 2)
         out = {"r1_penalty": self._check_finite("R1", loss), "r1_grad_norm2": float(penalty.detach())}
         (loss * gain).backward()

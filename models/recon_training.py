@@ -54,8 +54,6 @@ from models.linear_semantics import derangement, manipulate, pair_differences, p
 from models.recon_metrics import erode
 from models.renderer import render
 
-Perceptual = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 class Reconstructions(NamedTuple):
     """Re-rendered images in [-1, 1] and renderer masks [B, 1, r, r] (1 where a ray hits)."""
@@ -140,8 +138,6 @@ def reconstruction_losses(
     flip_weight: float = 0.5,
     partner: torch.Tensor | None = None,
     erode_px: int = 1,
-    perceptual: Perceptual | None = None,
-    perceptual_weight: float = 1.0,
     fov_deg: float = 10.0,
     invalid_cost: float = INVALID_COST,
     mirror_weight: float = 0.0,
@@ -151,7 +147,7 @@ def reconstruction_losses(
     ``partner`` [B] (a derangement) is required when swap_prob > 0.
     Raises FloatingPointError when a decomposition output is not finite.
     Returns (total, parts, decomposition, reconstructions); parts: "recon",
-    "recon_flip", ("perceptual", "perceptual_flip",) ("mutual",) "total".
+    "recon_flip", ("mutual",) ("mirror",) "total".
     """
     if swap_prob > 0 and partner is None:
         raise ValueError("swap_prob > 0 needs a partner permutation")
@@ -166,17 +162,11 @@ def reconstruction_losses(
         "recon_flip": photometric_nll(rec.flip, images, dec.conf_flip, mask, invalid_cost),
     }
     own = parts["recon"] + flip_weight * parts["recon_flip"]
-    if perceptual is not None:
-        parts["perceptual"] = perceptual(rec.recon, images, mask)
-        parts["perceptual_flip"] = perceptual(rec.flip, images, mask)
-        own = own + perceptual_weight * (parts["perceptual"] + flip_weight * parts["perceptual_flip"])
     total = own
     if swap_prob > 0:
         sigma = decomposer.mutual_conf(images, images[partner])
         mmask = erode(rec.mutual_mask, erode_px).detach()
         mutual = photometric_nll(rec.mutual, images, sigma, mmask, invalid_cost)
-        if perceptual is not None:
-            mutual = mutual + perceptual_weight * perceptual(rec.mutual, images, mmask)
         parts["mutual"] = mutual
         total = (1 - swap_prob) * own + swap_prob * mutual
     if mirror_weight > 0:
@@ -321,31 +311,29 @@ class ReconTrainer:
 
     def __init__(
         self,
-        decomposer: Decomposer,
+        decomposer: Decomposer,  # the 3D decomposition network being trained
         *,
-        lr: float = 1e-4,
-        weight_decay: float = 5e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        flip_weight: float = 0.5,
-        swap_prob: float = 0.0,
-        erode_px: int = 1,
-        perceptual: Perceptual | None = None,
-        perceptual_weight: float = 1.0,
-        fov_deg: float = 10.0,
-        generate: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        yaw_augment: bool = False,
-        yaw_every: int = 10,
-        yaw_momentum: float = 0.995,
-        yaw_scale: float = 10.0,
-        yaw_fraction: float = 0.5,
-        yaw_buffer: int = 2048,
-        yaw_ridge: float = 1e-2,
-        yaw_min_samples: int = 64,
-        yaw_start: int = 0,
-        seed: int = 0,
-        invalid_cost: float = INVALID_COST,
-        yaw_limit_deg: float | None = None,
-        mirror_weight: float = 0.0,
+        lr: float = 1e-4,  # Adam learning rate (Unsup3D's)
+        weight_decay: float = 5e-4,  # Adam weight decay (Unsup3D's)
+        betas: tuple[float, float] = (0.9, 0.999),  # Adam betas
+        flip_weight: float = 0.5,  # weight of the flipped-face reconstruction (Unsup3D's lambda_f)
+        swap_prob: float = 0.0,  # mutual reconstruction: share of the loss on partner-swapped albedo/depth (Sec. 3.2)
+        erode_px: int = 1,  # the loss mask is eroded by this many pixels (border artefacts)
+        fov_deg: float = 10.0,  # camera field of view, degrees
+        generate: Callable[[torch.Tensor], torch.Tensor] | None = None,  # w [n, d] -> G(w) in [-1, 1], for yaw_augment
+        yaw_augment: bool = False,  # add generations extrapolated along v_yaw (Sec. 3.4, Eq. 4)
+        yaw_every: int = 10,  # steps between updates of the v_yaw estimate
+        yaw_momentum: float = 0.995,  # momentum of the v_yaw estimate
+        yaw_scale: float = 10.0,  # s ~ U[-yaw_scale, yaw_scale] in stds of w along v_yaw (Eq. 4)
+        yaw_fraction: float = 0.5,  # extrapolated generations per step, as a fraction of the batch
+        yaw_buffer: int = 2048,  # (w, yaw) pairs the tracker regresses on
+        yaw_ridge: float = 1e-2,  # ridge of that regression
+        yaw_min_samples: int = 64,  # pairs needed before the first v_yaw estimate
+        yaw_start: int = 0,  # warm-up steps before any extrapolation
+        seed: int = 0,  # seed of the trainer's CPU random generator (partners, augmentation draws)
+        invalid_cost: float = INVALID_COST,  # loss charged per pixel the reconstruction does not cover
+        yaw_limit_deg: float | None = None,  # cap s where the tracked slope predicts |yaw| beyond this
+        mirror_weight: float = 0.0,  # weight of the mirror consistency of view and light
     ):
         if not 0.0 <= swap_prob <= 1.0:
             raise ValueError(f"swap_prob must be in [0, 1], got {swap_prob}")
@@ -357,7 +345,7 @@ class ReconTrainer:
         )
         self.flip_weight, self.swap_prob, self.erode_px = flip_weight, swap_prob, erode_px
         self.invalid_cost, self.mirror_weight = invalid_cost, mirror_weight
-        self.perceptual, self.perceptual_weight, self.fov_deg = perceptual, perceptual_weight, fov_deg
+        self.fov_deg = fov_deg
         self.generate, self.yaw_augment = generate, yaw_augment
         self.yaw_every, self.yaw_scale, self.yaw_fraction = yaw_every, yaw_scale, yaw_fraction
         self.yaw_start, self.yaw_limit_deg = yaw_start, yaw_limit_deg
@@ -392,8 +380,6 @@ class ReconTrainer:
             flip_weight=self.flip_weight,
             partner=partner,
             erode_px=self.erode_px,
-            perceptual=self.perceptual,
-            perceptual_weight=self.perceptual_weight,
             fov_deg=self.fov_deg,
             invalid_cost=self.invalid_cost,
             mirror_weight=self.mirror_weight,

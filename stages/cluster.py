@@ -60,7 +60,7 @@ def dendrogram_figure(linkage: np.ndarray, thumbs: np.ndarray, labels: list[str]
 
 
 def run(params: Params, components: Path, out: Path, metrics: Path) -> dict:
-    start, cp = time.perf_counter(), params.cluster
+    start, cluster_params = time.perf_counter(), params.cluster
     store = open_store(components)
     units = torch.from_numpy(store["unit"][:]).double()
     k = len(units)
@@ -73,7 +73,7 @@ def run(params: Params, components: Path, out: Path, metrics: Path) -> dict:
     support = torch.from_numpy(store["support"][:])  # [K, S]
     pixels = split_maps(support.float(), r)
     touched = (pixels[0] + pixels[1].sum(1)) > 0  # [K, r, r] any channel
-    linkage, labels = ward_clusters(units, n_clusters=cp.n_clusters, distance=cp.distance)
+    linkage, labels = ward_clusters(units, n_clusters=cluster_params.n_clusters, distance=cluster_params.distance)
     names = list(store["unit"].attrs["rows"])
     U = torch.from_numpy(store["U"][:]).T  # [K, S]
     thumbs = to_uint8(albedo_rgb(split_maps(U, r)[1]))

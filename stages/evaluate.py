@@ -68,7 +68,7 @@ def run(
     metrics: Path,
     components: Path | None = None,
 ) -> dict:
-    start, ev = time.perf_counter(), params.evaluate
+    start, evaluate_params = time.perf_counter(), params.evaluate
     oracle_meta = (
         load_checkpoint(oracle_dir / "oracle.safetensors")[1] if (oracle_dir / "oracle.safetensors").is_file() else None
     )
@@ -82,13 +82,18 @@ def run(
     store = open_store(directions)
     names = list(store["unit"].attrs["rows"])
     units, sigma = torch.from_numpy(store["unit"][:]), torch.from_numpy(store["sigma_w"][:])
-    measure = Measure(gen, oracle_dir, ev.batch_size, device)
+    measure = Measure(gen, oracle_dir, evaluate_params.batch_size, device)
     sel = [measure.names.index(n) if n in measure.names else -1 for n in names]
     if -1 in sel:
         raise ValueError(f"the oracle in {oracle_dir} does not measure {[n for n, i in zip(names, sel) if i < 0]}")
-    g = torch.Generator().manual_seed(ev.seed)
-    z = torch.randn(ev.n_samples, gen.z_dim, generator=g)
-    w = torch.cat([gen.mapping(z[b : b + ev.batch_size].to(device)).cpu() for b in range(0, len(z), ev.batch_size)])
+    g = torch.Generator().manual_seed(evaluate_params.seed)
+    z = torch.randn(evaluate_params.n_samples, gen.z_dim, generator=g)
+    w = torch.cat(
+        [
+            gen.mapping(z[b : b + evaluate_params.batch_size].to(device)).cpu()
+            for b in range(0, len(z), evaluate_params.batch_size)
+        ]
+    )
     log.info("measuring %d generations with the oracle", len(w))
     y_all = measure(w)  # [n, F]: every factor the oracle measures
     y, std_all = y_all[:, sel], y_all.std(0).clamp_min(1e-8)  # [n, 14], [F]
@@ -97,11 +102,13 @@ def run(
     half = len(w) // 2  # InterFaceGAN: fit on one half, score on the other
     peers = {
         "ours": table2.diagonal().abs(),
-        "ganspace": best_abs_corr(w, ganspace(w, ev.peers_k), y),
-        "sefa": best_abs_corr(w, sefa(gen.first_modulation().cpu().float(), ev.peers_k), y),
+        "ganspace": best_abs_corr(w, ganspace(w, evaluate_params.peers_k), y),
+        "sefa": best_abs_corr(w, sefa(gen.first_modulation().cpu().float(), evaluate_params.peers_k), y),
         "interfacegan": pearson(w[half:] @ interfacegan(w[:half], y[:half]).T, y[half:]).diagonal().abs(),
     }
-    edit = edit_quality(measure, w[: ev.edit_samples], units, sigma, ev.edit_scale, std_all)[:, sel]
+    edit = edit_quality(measure, w[: evaluate_params.edit_samples], units, sigma, evaluate_params.edit_scale, std_all)[
+        :, sel
+    ]
     off = ~torch.eye(len(names), dtype=torch.bool)
 
     def named(row) -> dict:
@@ -124,7 +131,7 @@ def run(
         "generated_pose_std_deg": {
             n: round(float(y[:, names.index(n)].std()), 3) for n in ("yaw", "pitch", "roll") if n in names
         },  # spread of the generations' pose (oracle); data: faces.json
-        "n_samples": ev.n_samples,
+        "n_samples": evaluate_params.n_samples,
         "generator_kind": gen.kind,
         "space": "Pearson r over fresh samples of w . v_hat against oracle-measured semantics of G(w)",
     }
@@ -133,10 +140,10 @@ def run(
         comp_names = list(comp_store["unit"].attrs["rows"])
         comp_edit = edit_quality(
             measure,
-            w[: ev.edit_samples],
+            w[: evaluate_params.edit_samples],
             torch.from_numpy(comp_store["unit"][:]),
             torch.from_numpy(comp_store["sigma_w"][:]),
-            ev.edit_scale,
+            evaluate_params.edit_scale,
             std_all,
         )
         result["components"] = component_factors(comp_edit, comp_names, measure.names)

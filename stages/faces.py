@@ -43,35 +43,42 @@ def run(params: Params, out: Path, report: Path, metrics: Path) -> dict:
 
 
 def write_synthetic(params: Params, out: Path) -> dict:
-    d = params.data
+    data_params = params.data
     device = select_device(params.device)
-    factors = face_model.sample_factors(d.n_images, torch.Generator().manual_seed(d.seed), pose=d.pose)
-    n, res, n_eval = d.n_images, d.resolution, min(d.n_eval, d.n_images)
+    factors = face_model.sample_factors(
+        data_params.n_images, torch.Generator().manual_seed(data_params.seed), pose=data_params.pose
+    )
+    n, res, n_eval = data_params.n_images, data_params.resolution, min(data_params.n_eval, data_params.n_images)
     regions = face_model.region_masks(res)
     with write_store(
-        out, "faces", d.model_dump(), params.section_hash("data"), source="synthetic", resolution=res, n=n
+        out, "faces", data_params.model_dump(), params.section_hash("data"), source="synthetic", resolution=res, n=n
     ) as group:
-        images = group.create_array("images", shape=(n, 3, res, res), chunks=(d.chunk, 3, res, res), dtype="uint8")
-        group.create_array("factors", data=factors.numpy(), chunks=(d.chunk, factors.shape[1]))
+        images = group.create_array(
+            "images", shape=(n, 3, res, res), chunks=(data_params.chunk, 3, res, res), dtype="uint8"
+        )
+        group.create_array("factors", data=factors.numpy(), chunks=(data_params.chunk, factors.shape[1]))
         group["factors"].attrs["columns"] = list(face_model.FACTOR_NAMES)
         group.create_array("regions", data=np.stack([m.numpy() for m in regions.values()]))
         group["regions"].attrs["names"] = list(regions)
         gt_depth = group.create_array(
-            "gt/depth", shape=(n_eval, res, res), dtype="float32", chunks=(min(d.chunk, max(n_eval, 1)), res, res)
+            "gt/depth",
+            shape=(n_eval, res, res),
+            dtype="float32",
+            chunks=(min(data_params.chunk, max(n_eval, 1)), res, res),
         )
         gt_albedo = group.create_array(
             "gt/albedo",
             shape=(n_eval, 3, res, res),
             dtype="float32",
-            chunks=(min(d.chunk, max(n_eval, 1)), 3, res, res),
+            chunks=(min(data_params.chunk, max(n_eval, 1)), 3, res, res),
         )
         with torch.no_grad(), tqdm(total=n, desc="faces", unit="img") as bar:
-            for lo in range(0, n, d.chunk):  # chunk-aligned writes
-                hi = min(lo + d.chunk, n)
+            for lo in range(0, n, data_params.chunk):  # chunk-aligned writes
+                hi = min(lo + data_params.chunk, n)
                 block = []
-                for b in range(lo, hi, d.batch_size):
-                    f = factors[b : min(b + d.batch_size, hi)].to(device)
-                    img, _, depth, albedo = face_model.render_faces(f, res, d.asymmetry, return_maps=True)
+                for b in range(lo, hi, data_params.batch_size):
+                    f = factors[b : min(b + data_params.batch_size, hi)].to(device)
+                    img, _, depth, albedo = face_model.render_faces(f, res, data_params.asymmetry, return_maps=True)
                     block.append(to_uint8(img))
                     if b < n_eval:
                         e = min(b + len(f), n_eval)
@@ -91,12 +98,20 @@ def write_synthetic(params: Params, out: Path) -> dict:
 
 
 def ingest_folder(params: Params, out: Path) -> tuple[dict, list[Skipped]]:
-    d = params.data
-    files = find_images(d.path)
+    data_params = params.data
+    files = find_images(data_params.path)
     kept, skipped = [], []
     for path in tqdm(files, desc="ingest", unit="file"):
         try:
-            kept.append(load_face_image(path, d.resolution, d.min_size, d.crop, tuple(d.alpha_background or (0, 0, 0))))
+            kept.append(
+                load_face_image(
+                    path,
+                    data_params.resolution,
+                    data_params.min_size,
+                    data_params.crop,
+                    tuple(data_params.alpha_background or (0, 0, 0)),
+                )
+            )
         except Exception as err:  # noqa: BLE001  one bad file never stops the stage: it is listed instead
             reason = str(err) if isinstance(err, ValueError) else f"failed: {type(err).__name__}: {err}"
             skipped.append(Skipped(str(path), reason))
@@ -104,7 +119,7 @@ def ingest_folder(params: Params, out: Path) -> tuple[dict, list[Skipped]]:
         log.warning("skipped %s: %s", s.path, s.reason)
     if not kept:
         raise ValueError(
-            f"data.path {d.path!r}: no usable images among {len(files)} files "
+            f"data.path {data_params.path!r}: no usable images among {len(files)} files "
             f"(suffixes {', '.join(('jpg', 'jpeg', 'png', 'webp'))}; "
             f"{len(skipped)} skipped)"
         )
@@ -112,15 +127,15 @@ def ingest_folder(params: Params, out: Path) -> tuple[dict, list[Skipped]]:
     with write_store(
         out,
         "faces",
-        d.model_dump(),
+        data_params.model_dump(),
         params.section_hash("data"),
         source="folder",
-        resolution=d.resolution,
+        resolution=data_params.resolution,
         n=len(images),
     ) as group:
-        group.create_array("images", data=images, chunks=(d.chunk, *images.shape[1:]))
+        group.create_array("images", data=images, chunks=(data_params.chunk, *images.shape[1:]))
     return (
-        {"n_images": len(images), "n_skipped": len(skipped), "source": "folder", "resolution": d.resolution},
+        {"n_images": len(images), "n_skipped": len(skipped), "source": "folder", "resolution": data_params.resolution},
         skipped,
     )
 

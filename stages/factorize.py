@@ -37,45 +37,49 @@ log = logging.getLogger("stages.factorize")
 def run(
     params: Params, directions: Path, latents: Path, generator: Path, out: Path, figures: Path, metrics: Path
 ) -> dict:
-    start, fp = time.perf_counter(), params.factorize
+    start, factorize_params = time.perf_counter(), params.factorize
     store = open_store(directions)
     if "jacobian" not in store:
         raise ValueError(f"{directions} has no 'jacobian': run regress with regress.jacobian: true")
     jac = torch.from_numpy(store["jacobian"][:]).double()
     r = int(store["jacobian"].attrs["layout"]["depth"][-1])
-    if fp.balance:
+    if factorize_params.balance:
         jac, part_scales = balance_parts(jac, [r * r, 3 * r * r])
     else:
         part_scales = [1.0 / float(jac.norm())] * 2
         jac = jac * part_scales[0]
-    kw = {"lr": fp.adam_lr} if fp.solver == "adam" else {}
+    kw = {"lr": factorize_params.adam_lr} if factorize_params.solver == "adam" else {}
     fac = factorize(
         jac,
-        fp.components,
-        fp.alpha,
-        fp.beta,
-        solver=fp.solver,
-        iters=fp.iters,
-        tol=fp.tol,
-        init=fp.init,
-        seed=fp.seed,
+        factorize_params.components,
+        factorize_params.alpha,
+        factorize_params.beta,
+        solver=factorize_params.solver,
+        iters=factorize_params.iters,
+        tol=factorize_params.tol,
+        init=factorize_params.init,
+        seed=factorize_params.seed,
         **kw,
     )
-    U, V, norms, keep = prune_and_order(fac.U, fac.V, fp.min_norm)
+    U, V, norms, keep = prune_and_order(fac.U, fac.V, factorize_params.min_norm)
     units = V.T.contiguous()  # [K, d]
     lat = open_store(latents)
     sig = projection_std(lat["w"], units) if len(units) else torch.zeros(0)
     names = [f"comp{i:02d}" for i in range(len(units))]
-    support = supports(U, fp.support_frac) if len(units) else torch.zeros(0, jac.shape[0], dtype=torch.bool)
+    support = (
+        supports(U, factorize_params.support_frac) if len(units) else torch.zeros(0, jac.shape[0], dtype=torch.bool)
+    )
     attrs = {
         "layout": dict(store["jacobian"].attrs["layout"]),
         "part_scales": [float(x) for x in part_scales],
-        "solver": fp.solver,
+        "solver": factorize_params.solver,
         "iterations": fac.iterations,
         "converged": fac.converged,
         "directions_params_hash": store.attrs.get("params_hash"),
     }
-    with write_store(out, "factorize", fp.model_dump(), params.section_hash("factorize"), **attrs) as group:
+    with write_store(
+        out, "factorize", factorize_params.model_dump(), params.section_hash("factorize"), **attrs
+    ) as group:
         group.create_array("unit", data=units.float().numpy(), chunks=(max(len(units), 1), units.shape[1]))
         group.create_array("sigma_w", data=sig.float().numpy(), chunks=(max(len(units), 1),))
         group.create_array("U", data=U.float().numpy(), chunks=(min(jac.shape[0], 4096), max(len(units), 1)))
@@ -88,18 +92,22 @@ def run(
     gen = load_generator(generator, select_device(params.device))
     if len(units):
         save_grid(component_tiles(U.float(), r), figures / "maps.png", ncols=min(16, 2 * len(units)), scale=3)
-        shown = min(fp.edit_components, len(units))
+        shown = min(factorize_params.edit_components, len(units))
         if shown:
-            scales = np.linspace(-fp.edit_scale, fp.edit_scale, fp.edit_steps).tolist()
-            rows = [edit_grid(gen, units[i].float(), float(sig[i]), [fp.seed], scales) for i in range(shown)]
+            scales = np.linspace(
+                -factorize_params.edit_scale, factorize_params.edit_scale, factorize_params.edit_steps
+            ).tolist()
+            rows = [
+                edit_grid(gen, units[i].float(), float(sig[i]), [factorize_params.seed], scales) for i in range(shown)
+            ]
             save_grid(np.concatenate(rows), figures / "edits.png", ncols=len(scales), scale=2)
     result = {
         "kept": len(units),
-        "components": fp.components,
+        "components": factorize_params.components,
         "objective": round(float(fac.trace[-1]), 6),
         "iterations": fac.iterations,
         "converged": bool(fac.converged),
-        "solver": fp.solver,
+        "solver": factorize_params.solver,
         "support_px_mean": round(float(support.sum(1).float().mean()), 1) if len(units) else 0.0,
     }
     if gen.kind == "linear" and len(units):  # exact ground truth: the generator's localized directions

@@ -47,7 +47,7 @@ def chunks(latents, semantics, size: int, with_maps: bool, dropped: list[int] | 
 
 def solve(params: Params, latents, semantics) -> dict[str, torch.Tensor]:
     """The streaming regression: directions [k, d], r2 [k], and the Jacobian [S, d] when asked."""
-    rg = params.regress
+    regress_params = params.regress
     n, d = latents["w"].shape
     if semantics["semantics"].shape[0] != n:
         raise ValueError(
@@ -55,12 +55,20 @@ def solve(params: Params, latents, semantics) -> dict[str, torch.Tensor]:
             "they must come from the same sample_latents run (re-run decompose)"
         )
     k = semantics["semantics"].shape[1]
-    s = int(np.prod(semantics["depth"].shape[1:]) + np.prod(semantics["albedo"].shape[1:])) if rg.jacobian else 0
+    s = (
+        int(np.prod(semantics["depth"].shape[1:]) + np.prod(semantics["albedo"].shape[1:]))
+        if regress_params.jacobian
+        else 0
+    )
     eq = NormalEquations(d, k + s)
-    size = max(rg.chunk - rg.chunk % latents["w"].chunks[0], latents["w"].chunks[0])  # chunk-aligned reads
+    size = max(
+        regress_params.chunk - regress_params.chunk % latents["w"].chunks[0], latents["w"].chunks[0]
+    )  # chunk-aligned reads
     dropped: list[int] = []
     pairs = stream_pairs(
-        chunks(latents, semantics, size, rg.jacobian, dropped), rg.scheme, torch.Generator().manual_seed(rg.seed)
+        chunks(latents, semantics, size, regress_params.jacobian, dropped),
+        regress_params.scheme,
+        torch.Generator().manual_seed(regress_params.seed),
     )
     with tqdm(total=n, desc="regress", unit="sample") as bar:
         for dw, dy in pairs:
@@ -78,22 +86,22 @@ def solve(params: Params, latents, semantics) -> dict[str, torch.Tensor]:
             f"regress: only {eq.n} usable pairs ({len(dropped)} of {n} samples non-finite, first "
             f"indices {dropped[:10]}): check semantics.zarr (decompose) and latents.zarr"
         )
-    ridge = rg.ridge * float(eq.gram.diagonal().mean())
+    ridge = regress_params.ridge * float(eq.gram.diagonal().mean())
     v = eq.solve(ridge)  # [d, k + S]
     r2 = eq.r2(v)
     out = {"directions": v[:, :k].T.contiguous(), "r2": r2[:k], "n_pairs": eq.n, "dropped": dropped}
-    if rg.jacobian:
+    if regress_params.jacobian:
         out["jacobian"], out["jacobian_r2"] = v[:, k:].T.contiguous(), r2[k:]
     return out
 
 
 def run(params: Params, latents_path: Path, semantics_path: Path, out: Path, metrics: Path) -> dict:
-    start, rg = time.perf_counter(), params.regress
+    start, regress_params = time.perf_counter(), params.regress
     latents, semantics = open_store(latents_path), open_store(semantics_path)
     names = list(semantics["semantics"].attrs["columns"])
     fit = solve(params, latents, semantics)
     v = fit["directions"]
-    sig = projection_std(latents["w"], v, rg.chunk)
+    sig = projection_std(latents["w"], v, regress_params.chunk)
     flagged = {
         n: "constant: it does not vary over the samples, so no direction explains it (R^2 undefined)"
         for n, r in zip(names, fit["r2"])
@@ -115,14 +123,14 @@ def run(params: Params, latents_path: Path, semantics_path: Path, out: Path, met
         "latents_params_hash": latents.attrs.get("params_hash"),
         "semantics_params_hash": semantics.attrs.get("params_hash"),
     }
-    with write_store(out, "regress", rg.model_dump(), params.section_hash("regress"), **attrs) as group:
+    with write_store(out, "regress", regress_params.model_dump(), params.section_hash("regress"), **attrs) as group:
         group.create_array("directions", data=v.float().numpy())  # [14, d] Eq. 3 solutions
         group.create_array("unit", data=unit(v).float().numpy())  # [14, d]
         group.create_array("sigma_w", data=sig.float().numpy())  # [14]
         group.create_array("r2", data=fit["r2"].float().numpy())  # [14]
         for name in ("directions", "unit", "sigma_w", "r2"):
             group[name].attrs["rows"] = names
-        if rg.jacobian:
+        if regress_params.jacobian:
             r = semantics["depth"].shape[-1]
             jac = fit["jacobian"].float().numpy()
             group.create_array("jacobian", data=jac, chunks=(min(len(jac), 4096), jac.shape[1]))  # [S, d]
@@ -138,11 +146,11 @@ def run(params: Params, latents_path: Path, semantics_path: Path, out: Path, met
         "flagged": flagged,
         "n_pairs": fit["n_pairs"],
         "n_dropped": len(fit["dropped"]),
-        "scheme": rg.scheme,
-        "ridge": rg.ridge,
+        "scheme": regress_params.scheme,
+        "ridge": regress_params.ridge,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    if rg.jacobian:
+    if regress_params.jacobian:
         result["jacobian_r2_mean"] = round(float(fit["jacobian_r2"].nanmean()), 4)
     write_json(metrics, result)
     return result

@@ -80,14 +80,14 @@ def curves_figure(csv: Path, x: str, columns: list[str], path: Path, title: str)
 
 def univariate_edits(params: Params, data: Path, path: Path) -> list[str]:
     """Rows: (direction, seed); columns: s in [-scale, scale] (Fig. 1/4). Returns the row labels."""
-    rp = params.report
+    report_params = params.report
     gen = load_generator(data / "gan" / "generator.safetensors", select_device(params.device))
-    scales = np.linspace(-rp.scale, rp.scale, rp.steps).tolist()
+    scales = np.linspace(-report_params.scale, report_params.scale, report_params.steps).tolist()
     rows, labels = [], []
-    for name in rp.directions:
+    for name in report_params.directions:
         v, sigma = load_direction(data / "directions.zarr", name)
-        rows.append(edit_grid(gen, v.float(), sigma, rp.seeds, scales))
-        labels += [f"{name} (seed {s})" for s in rp.seeds]
+        rows.append(edit_grid(gen, v.float(), sigma, report_params.seeds, scales))
+        labels += [f"{name} (seed {s})" for s in report_params.seeds]
     save_grid(np.concatenate(rows), path, ncols=len(scales), scale=3)
     return labels
 

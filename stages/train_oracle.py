@@ -29,23 +29,23 @@ log = logging.getLogger("stages.train_oracle")
 
 def train(params: Params, images: torch.Tensor, factors: torch.Tensor, device) -> tuple[FactorRegressor, torch.Tensor]:
     """Fit on a random (1 - holdout) split; returns the model and held-out R^2 per factor."""
-    o = params.oracle
-    g = torch.Generator().manual_seed(o.seed)
+    oracle_params = params.oracle
+    g = torch.Generator().manual_seed(oracle_params.seed)
     order = torch.randperm(len(images), generator=g)
-    n_test = max(1, int(len(images) * o.holdout))
+    n_test = max(1, int(len(images) * oracle_params.holdout))
     test, fit = order[:n_test], order[n_test:]
-    model = FactorRegressor(factors.shape[1], images.shape[-1], o.width).to(device)
+    model = FactorRegressor(factors.shape[1], images.shape[-1], oracle_params.width).to(device)
     model.mean.copy_(factors[fit].mean(0))
     model.std.copy_(factors[fit].std(0).clamp_min(1e-6))
-    opt = torch.optim.Adam(model.parameters(), lr=o.lr)
-    steps = o.epochs * (len(fit) // o.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=max(steps, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=oracle_params.lr)
+    steps = oracle_params.epochs * (len(fit) // oracle_params.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=oracle_params.lr, total_steps=max(steps, 1))
     model.train()
     with tqdm(total=steps, desc="train_oracle", unit="step") as bar:
-        for _ in range(o.epochs):
+        for _ in range(oracle_params.epochs):
             perm = fit[torch.randperm(len(fit), generator=g)]
-            for b in range(len(fit) // o.batch_size):
-                idx = perm[b * o.batch_size : (b + 1) * o.batch_size]
+            for b in range(len(fit) // oracle_params.batch_size):
+                idx = perm[b * oracle_params.batch_size : (b + 1) * oracle_params.batch_size]
                 x = to_unit(images[idx]).to(device)
                 y = (factors[idx].to(device) - model.mean) / model.std
                 loss = F.mse_loss(model.standardized(x), y)

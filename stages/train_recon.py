@@ -72,24 +72,32 @@ class Batches:
     """Training images [B, 3, r, r] in [-1, 1] and their w [B, d] (None for faces.zarr)."""
 
     def __init__(self, params: Params, generator: Path, faces: Path, device):
-        rc = params.recon
-        self.batch, self.r, self.device = rc.batch_size, rc.resolution, device
-        self.sampler = torch.Generator().manual_seed(rc.seed)
+        recon_params = params.recon
+        self.batch, self.r, self.device = recon_params.batch_size, recon_params.resolution, device
+        self.sampler = torch.Generator().manual_seed(recon_params.seed)
         self.gen = None
-        if rc.train_on == "generator":
+        if recon_params.train_on == "generator":
             self.gen = load_generator(generator, device)
-            self.psi = rc.truncation_psi
+            self.psi = recon_params.truncation_psi
             self.source_id = hashlib.sha256(generator.read_bytes()).hexdigest()[:16]
-            z = torch.randn(rc.panel_images, self.gen.z_dim, generator=torch.Generator().manual_seed(rc.seed + 1))
+            z = torch.randn(
+                recon_params.panel_images,
+                self.gen.z_dim,
+                generator=torch.Generator().manual_seed(recon_params.seed + 1),
+            )
             self.panel_images = self._generate(z)[0]
-            z = torch.randn(rc.probe_images, self.gen.z_dim, generator=torch.Generator().manual_seed(rc.seed + 2))
+            z = torch.randn(
+                recon_params.probe_images,
+                self.gen.z_dim,
+                generator=torch.Generator().manual_seed(recon_params.seed + 2),
+            )
             self.probe_images = self._generate(z)[0]
         else:
-            self.images, attrs = load_images(faces, rc.resolution)
+            self.images, attrs = load_images(faces, recon_params.resolution)
             self.source_id = attrs["params_hash"]
-            self.panel_images = to_unit(self.images[: rc.panel_images]).to(device)
-            pick = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(rc.seed + 2))
-            self.probe_images = to_unit(self.images[pick[: rc.probe_images]]).to(device)
+            self.panel_images = to_unit(self.images[: recon_params.panel_images]).to(device)
+            pick = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(recon_params.seed + 2))
+            self.probe_images = to_unit(self.images[pick[: recon_params.probe_images]]).to(device)
 
     @torch.no_grad()
     def _generate(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,29 +117,29 @@ class Batches:
 
 
 def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
-    rc = params.recon
-    augment = rc.yaw_augment and rc.train_on == "generator"
-    if rc.yaw_augment and not augment:
+    recon_params = params.recon
+    augment = recon_params.yaw_augment and recon_params.train_on == "generator"
+    if recon_params.yaw_augment and not augment:
         log.info("recon.yaw_augment ignored: it needs generations (recon.train_on=generator)")
-    torch.manual_seed(rc.seed)
-    model = Decomposer(decomposer_config(rc)).to(device)
+    torch.manual_seed(recon_params.seed)
+    model = Decomposer(decomposer_config(recon_params)).to(device)
     return ReconTrainer(
         model,
-        lr=rc.lr,
-        weight_decay=rc.weight_decay,
-        flip_weight=rc.flip_weight,
-        swap_prob=rc.swap_prob,
+        lr=recon_params.lr,
+        weight_decay=recon_params.weight_decay,
+        flip_weight=recon_params.flip_weight,
+        swap_prob=recon_params.swap_prob,
         generate=batches.synthesize if augment else None,
         yaw_augment=augment,
-        yaw_every=rc.yaw_every,
-        yaw_start=rc.yaw_start,
-        yaw_momentum=rc.yaw_momentum,
-        yaw_scale=rc.yaw_scale,
-        yaw_fraction=rc.yaw_fraction,
-        seed=rc.seed,
-        invalid_cost=rc.invalid_cost,
-        yaw_limit_deg=rc.yaw_limit_deg,
-        mirror_weight=rc.mirror_weight,
+        yaw_every=recon_params.yaw_every,
+        yaw_start=recon_params.yaw_start,
+        yaw_momentum=recon_params.yaw_momentum,
+        yaw_scale=recon_params.yaw_scale,
+        yaw_fraction=recon_params.yaw_fraction,
+        seed=recon_params.seed,
+        invalid_cost=recon_params.invalid_cost,
+        yaw_limit_deg=recon_params.yaw_limit_deg,
+        mirror_weight=recon_params.mirror_weight,
     )
 
 
@@ -163,10 +171,10 @@ def train(
     recovery; after recon.max_recoveries the stage raises ``Collapse``. Returns the trainer holding
     the best healthy snapshot's weights and the run's info (``exported_step``, ``recoveries``, ...).
     """
-    rc = params.recon
+    recon_params = params.recon
     world = world or World(0, 1, device)
-    if rc.batch_size % world.size:
-        raise ValueError(f"recon.batch_size {rc.batch_size} must be divisible by the {world.size} ranks")
+    if recon_params.batch_size % world.size:
+        raise ValueError(f"recon.batch_size {recon_params.batch_size} must be divisible by the {world.size} ranks")
     trainer = build_trainer(params, batches, device)
     broadcast_parameters(trainer.decomposer)
     run = TrainingRun(
@@ -176,7 +184,7 @@ def train(
             params.recon.model_dump(), NOT_TRAJECTORY, source=batches.source_id, asymmetry=params.data.asymmetry
         ),
         world,
-        rc.keep_checkpoints,
+        recon_params.keep_checkpoints,
     )
     best_ckpt = run.checkpoints / "best.safetensors"
     monitor, recoveries = HealthMonitor(), []
@@ -189,11 +197,11 @@ def train(
             saved = json.loads(state["health"])
             monitor.load_state_dict(saved["monitor"])
             recoveries = saved["recoveries"]
-        log.info("resumed at step %d of %d", trainer.steps, rc.steps)
+        log.info("resumed at step %d of %d", trainer.steps, recon_params.steps)
     if world.size > 1:  # each rank its own slice of the batch and random streams, resumable from the step
-        batches.batch = rc.batch_size // world.size
-        batches.sampler.manual_seed(run.rank_seed(rc.seed, trainer.steps))
-        trainer.generator.manual_seed(run.rank_seed(rc.seed, trainer.steps) + 1)
+        batches.batch = recon_params.batch_size // world.size
+        batches.sampler.manual_seed(run.rank_seed(recon_params.seed, trainer.steps))
+        trainer.generator.manual_seed(run.rank_seed(recon_params.seed, trainer.steps) + 1)
         trainer.grad_hook = average_gradients
     barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -201,7 +209,7 @@ def train(
     health_rows = run.read_curves("health.csv", "step", trainer.steps)
     meta = {
         **run.meta,
-        "train_on": rc.train_on,
+        "train_on": recon_params.train_on,
         "source_id": batches.source_id,
         "params_hash": params.section_hash("recon"),
     }
@@ -226,7 +234,7 @@ def train(
 
     def check_health() -> bool:
         """Probe this snapshot; True when it is healthy (the best one is kept as best.safetensors)."""
-        measures = probe(trainer.decomposer, batches.probe_images, invalid_cost=rc.invalid_cost)
+        measures = probe(trainer.decomposer, batches.probe_images, invalid_cost=recon_params.invalid_cost)
         reasons = monitor.check(measures)
         health_rows.append(
             {
@@ -239,7 +247,7 @@ def train(
             run.save(trainer.steps, state(), {**meta, "health": measures}, name="best")
         if not reasons:
             return True
-        if len(recoveries) >= rc.max_recoveries:
+        if len(recoveries) >= recon_params.max_recoveries:
             run.write_curves("health.csv", health_rows, HEALTH_KEYS)
             raise Collapse(
                 f"train_recon: the 3D decomposition collapsed at step {trainer.steps}: "
@@ -247,7 +255,7 @@ def train(
                 f"used: {recoveries}. Panels: {run_dir / 'panels'}, probe log: {run_dir / 'health.csv'}. Try "
                 f"another recon.seed or a lower recon.lr."
             )
-        seed = rc.seed + 1000 * (len(recoveries) + 1)
+        seed = recon_params.seed + 1000 * (len(recoveries) + 1)
         restart = monitor.best_step
         if restart is not None:
             saved, _ = load_checkpoint(best_ckpt, device)
@@ -270,14 +278,16 @@ def train(
             trainer.steps,
             seed,
             len(recoveries),
-            rc.max_recoveries,
+            recon_params.max_recoveries,
         )
         del rows[sum(float(r["step"]) <= trainer.steps for r in rows) :]  # curves of the abandoned branch
         return False
 
     t0, s0, seen = time.perf_counter(), trainer.steps, 0
-    with tqdm(total=rc.steps, initial=trainer.steps, desc="train_recon", unit="step", disable=not world.main) as bar:
-        while trainer.steps < rc.steps:
+    with tqdm(
+        total=recon_params.steps, initial=trainer.steps, desc="train_recon", unit="step", disable=not world.main
+    ) as bar:
+        while trainer.steps < recon_params.steps:
             images, w = batches()
             try:
                 stats = trainer.step(images, w)
@@ -285,7 +295,7 @@ def train(
                 raise run.diverged(f"step {trainer.steps}", err) from None
             seen += len(images) + int(stats["n_augmented"])
             bar.update()
-            if trainer.steps % rc.log_every == 0:
+            if trainer.steps % recon_params.log_every == 0:
                 speed = seen / (time.perf_counter() - t0)
                 rows.append(
                     {
@@ -296,7 +306,7 @@ def train(
                     }
                 )
                 bar.set_postfix(loss=f"{stats['total']:.3f}", img_s=f"{speed:.0f}")
-            if world.main and (trainer.steps % rc.snapshot_steps == 0 or trainer.steps == rc.steps):
+            if world.main and (trainer.steps % recon_params.snapshot_steps == 0 or trainer.steps == recon_params.steps):
                 if check_health():
                     snapshot()
                 else:
@@ -347,10 +357,10 @@ def export(out: Path, trainer: ReconTrainer, batches: Batches, meta: dict, per_f
 
 
 def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, metrics: Path) -> dict:
-    start, rc = time.perf_counter(), params.recon
+    start, recon_params = time.perf_counter(), params.recon
     world = setup(select_device(params.device))
     device = world.device
-    if rc.train_on == "faces":
+    if recon_params.train_on == "faces":
         open_store(faces)  # a clear error when missing or incomplete
     batches = Batches(params, generator, faces, device)
     try:
@@ -361,7 +371,9 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
     if not world.main:
         return {}
     summary, per_face = evaluate(trainer.decomposer, params, device)
-    final = probe(trainer.decomposer, batches.probe_images, invalid_cost=rc.invalid_cost)  # the exported weights
+    final = probe(
+        trainer.decomposer, batches.probe_images, invalid_cost=recon_params.invalid_cost
+    )  # the exported weights
     fresh = HealthMonitor()  # no bests: only the absolute signs (frame, mirror bias, hollow relief)
     reasons = fresh.check(final)
     if final["yaw_std_deg"] < fresh.thresholds.min_learned_yaw_std:
@@ -386,12 +398,13 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
     meta = {
         **info,
         **verdict,
-        "config": decomposer_config(rc).to_dict(),
+        "config": decomposer_config(recon_params).to_dict(),
         "semantic_names": list(SEMANTIC_NAMES),
         "device": str(device),
         "torch": torch.__version__,
     }
-    title = f"train_on={rc.train_on} swap={rc.swap_prob:g} yaw_aug={rc.yaw_augment and rc.train_on == 'generator'}"
+    augmented = recon_params.yaw_augment and recon_params.train_on == "generator"
+    title = f"train_on={recon_params.train_on} swap={recon_params.swap_prob:g} yaw_aug={augmented}"
     export(out, trainer, batches, meta, per_face, title)
     result = {
         **summary,
@@ -400,9 +413,9 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
         "steps": info["steps"],
         "img_per_s": info["img_per_s"],
         "ranks": info["ranks"],
-        "train_on": rc.train_on,
-        "swap_prob": rc.swap_prob,
-        "yaw_augment": bool(rc.yaw_augment and rc.train_on == "generator"),
+        "train_on": recon_params.train_on,
+        "swap_prob": recon_params.swap_prob,
+        "yaw_augment": bool(augmented),
         "yaw_updates": trainer.yaw.updates,
         "seconds": round(time.perf_counter() - start, 1),
     }

@@ -74,13 +74,13 @@ def eval_faces(params: Params) -> dict[str, torch.Tensor]:
     Images are rendered at data.resolution and area-resized, as training images are.
     Returns images [n, 3, r, r] in [-1, 1], depth [n, r, r] (canonical), view [n, 6], light [n, 8].
     """
-    rc, r = params.recon, params.recon.resolution
-    g = torch.Generator().manual_seed(rc.eval_seed)
-    f = face_model.sample_factors(rc.n_eval, g, pose=rc.eval_pose)
+    recon_params, r = params.recon, params.recon.resolution
+    g = torch.Generator().manual_seed(recon_params.eval_seed)
+    f = face_model.sample_factors(recon_params.n_eval, g, pose=recon_params.eval_pose)
     idx = face_model.FACTOR_INDEX
     out = {"images": [], "depth": []}
-    for lo in range(0, len(f), rc.eval_batch):
-        fb = f[lo : lo + rc.eval_batch]
+    for lo in range(0, len(f), recon_params.eval_batch):
+        fb = f[lo : lo + recon_params.eval_batch]
         img, _ = face_model.render_faces(fb, params.data.resolution, params.data.asymmetry)
         out["images"].append(resize(img, r) * 2 - 1)
         out["depth"].append(face_model.canonical_maps(fb, r, params.data.asymmetry)[0])
@@ -94,12 +94,12 @@ def eval_faces(params: Params) -> dict[str, torch.Tensor]:
 
 def evaluate(decomposer: Decomposer, params: Params, device) -> tuple[dict, dict[str, np.ndarray]]:
     """Ground-truth metrics (summary for the metrics JSON) and the per-face errors."""
-    data, rc = eval_faces(params), params.recon
-    region = face_model.region_masks(rc.resolution)["region:face"]
+    data, recon_params = eval_faces(params), params.recon
+    region = face_model.region_masks(recon_params.resolution)["region:face"]
     parts = []
     decomposer.eval()
-    for lo in range(0, rc.n_eval, rc.eval_batch):
-        sl = slice(lo, lo + rc.eval_batch)
+    for lo in range(0, recon_params.n_eval, recon_params.eval_batch):
+        sl = slice(lo, lo + recon_params.eval_batch)
         parts.append(
             ground_truth_errors(
                 decomposer,
@@ -130,10 +130,11 @@ def evaluate(decomposer: Decomposer, params: Params, device) -> tuple[dict, dict
         "light_err_deg": mean(per["light_err_deg"]),
         "yaw_corr": round(yaw_corr, 4),
         "hollow_face": bool(yaw_corr < 0),
-        "n_eval": int(rc.n_eval),
+        "n_eval": int(recon_params.n_eval),
         "n_extreme": int(extreme.sum()),
         "n_unscored": int((~scored).sum()),
-        "eval_space": f"synthetic faces (pose {rc.eval_pose}, seed {rc.eval_seed}) at {rc.resolution} px; "
+        "eval_space": f"synthetic faces (pose {recon_params.eval_pose}, seed {recon_params.eval_seed}) at "
+        f"{recon_params.resolution} px; "
         f"SIDE and MAD in the input view over the face region; extreme: |yaw| > "
         f"{EXTREME_YAW_DEG:g} deg",
     }

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.decorrelation import correlation_matrix, decorrelation_loss, mean_abs_rho
-from models.gan_training import GANTrainer
+from models.gan_training import GANTrainer, d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from models.stylegan2 import Discriminator, Generator
 
 # ----------------------------------------------------------- decorrelation
@@ -340,3 +340,43 @@ def test_trainer_runs_on_cuda_and_resumes():
     a, b = tr_cuda.step(x), other.step(x)
     assert a["loss_G"] == pytest.approx(b["loss_G"], rel=1e-4)
     assert tr_cuda.sample(torch.randn(2, 16)).device.type == "cuda"
+
+
+# ---- the losses as pure functions, against values worked out by hand
+
+
+def test_adversarial_losses_at_known_logits():
+    zero = torch.zeros(4, 1)
+    assert math.isclose(float(g_nonsaturating_loss(zero)), math.log(2), rel_tol=1e-6)
+    real, fake = d_logistic_loss(zero, zero)
+    assert math.isclose(float(real + fake), 2 * math.log(2), rel_tol=1e-6)
+    # a confident, correct D: real logits large, fake logits very negative -> D loss ~ 0, G loss ~ 10
+    real, fake = d_logistic_loss(torch.full((4, 1), 10.0), torch.full((4, 1), -10.0))
+    assert float(real + fake) < 1e-4
+    assert math.isclose(float(g_nonsaturating_loss(torch.full((4, 1), -10.0))), 10.0, rel_tol=1e-4)
+
+
+def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
+    a = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0)).requires_grad_(True)  # D's weights
+    x = torch.randn(5, 3, 4, 4).requires_grad_(True)
+    logits = (x * a).sum(dim=[1, 2, 3]).unsqueeze(1)  # D(x) = <a, x>: grad_x D = a for every sample
+    penalty = r1_penalty(logits, x)
+    assert torch.allclose(penalty, a.square().sum(), rtol=1e-6)
+    (grad,) = torch.autograd.grad(penalty, a)  # differentiable (create_graph): D is regularised through it
+    assert torch.allclose(grad, 2 * a, rtol=1e-5)
+
+
+def test_path_length_of_a_linear_synthesis():
+    # images = ws @ M summed over layers: J^T y is y @ M^T per layer, so the length is known in closed form
+    g = torch.Generator().manual_seed(1)
+    num_ws, w_dim, pixels = 3, 5, 2 * 4 * 4
+    M = torch.randn(w_dim, pixels, generator=g)
+    ws = torch.randn(6, num_ws, w_dim, generator=g).requires_grad_(True)
+    images = (ws @ M).sum(1).view(6, 2, 4, 4)
+    noise = torch.randn(6, 2, 4, 4, generator=g)
+    penalty, lengths, mean = path_length_penalty(images, ws, noise, torch.tensor(0.0), decay=0.5)
+    per_layer = noise.view(6, pixels) @ M.T  # [6, w_dim], the same for every layer
+    expected = per_layer.square().sum(1).sqrt()
+    assert torch.allclose(lengths, expected, rtol=1e-5)
+    assert torch.allclose(mean, 0.5 * expected.mean())  # lerp(0, batch mean, 0.5)
+    assert torch.allclose(penalty, (expected - 0.5 * expected.mean()).square().mean(), rtol=1e-5)
