@@ -1,7 +1,9 @@
 """The params.yaml schema, validated before any work.
 
-Every tunable number of the pipeline lives in params.yaml, grouped by stage. An unknown key,
-a wrong type or an out-of-range value raises `ParamsError` naming the key and what is allowed.
+Every tunable number of the pipeline lives in params.yaml, grouped by stage, and only there:
+this schema holds types and ranges, no defaults, so the file DVC tracks is the one home of every
+value. A missing key, an unknown key, a wrong type or an out-of-range value raises `ParamsError`
+naming the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -34,58 +36,58 @@ def _power_of_two(v: int) -> int:
 class DataParams(Section):
     """Stage `faces`: the face images and their ground truth."""
 
-    source: Literal["synthetic", "folder"] = "synthetic"
-    path: str = "data/raw"  # folder of images when source = folder
-    n_images: int = Field(24000, ge=1)
-    resolution: int = Field(64, ge=16, le=1024)  # square images, pixels
-    pose: Literal["frontal", "wide"] = "frontal"
-    asymmetry: float = Field(1.0, ge=0.0, le=4.0)
-    n_eval: int = Field(512, ge=0)  # first images that keep gt depth/albedo
-    seed: int = Field(0, ge=0)
-    batch_size: int = Field(256, ge=1)
-    chunk: int = Field(512, ge=1)  # zarr chunk along the sample axis
-    min_size: int = Field(32, ge=1)  # folder: shorter side below this is skipped
-    crop: Literal["center", "none"] = "center"  # folder: square crop before resizing
-    alpha_background: tuple[Byte, Byte, Byte] | None = None  # folder: RGB (0..255) under transparency; None: black
+    source: Literal["synthetic", "folder"]
+    path: str  # folder of images when source = folder
+    n_images: int = Field(ge=1)
+    resolution: int = Field(ge=16, le=1024)  # square images, pixels
+    pose: Literal["frontal", "wide"]
+    asymmetry: float = Field(ge=0.0, le=4.0)
+    n_eval: int = Field(ge=0)  # first images that keep gt depth/albedo
+    seed: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    chunk: int = Field(ge=1)  # zarr chunk along the sample axis
+    min_size: int = Field(ge=1)  # folder: shorter side below this is skipped
+    crop: Literal["center", "none"]  # folder: square crop before resizing
+    alpha_background: tuple[Byte, Byte, Byte] | None  # folder: RGB (0..255) under transparency; None: black
 
 
 class PreviewParams(Section):
     """Stage `preview`: a grid of faces to look at."""
 
-    grid: int = Field(8, ge=1, le=32)  # grid x grid images
-    scale: int = Field(2, ge=1, le=8)  # nearest-neighbour upscaling
+    grid: int = Field(ge=1, le=32)  # grid x grid images
+    scale: int = Field(ge=1, le=8)  # nearest-neighbour upscaling
 
 
 class GanParams(Section):
     """Stage `train_gan`: StyleGAN2 with the W-decorrelation loss, or the linear ground-truth generator."""
 
-    kind: Literal["stylegan2", "linear"] = "stylegan2"
-    init: str = "scratch"  # scratch | path of a checkpoint (.safetensors) to continue from
-    resolution: int = Field(32, ge=8, le=1024)  # images are area-downsampled from data.resolution
-    z_dim: int = Field(256, ge=2)
-    w_dim: int = Field(256, ge=2)
-    mapping_layers: int = Field(8, ge=1)
-    channel_base: int = Field(2048, ge=16)
-    channel_max: int = Field(128, ge=8)
-    batch_size: int = Field(16, ge=2)
-    lr: float = Field(0.0025, gt=0)
-    r1_gamma: float = Field(0.02, ge=0)
-    r1_interval: int = Field(16, ge=1)
-    pl_weight: float = Field(2.0, ge=0)
-    pl_interval: int = Field(4, ge=1)
-    style_mixing_prob: float = Field(0.9, ge=0, le=1)
-    ema_kimg: float = Field(5.0, gt=0)
-    decorr_weight: float = Field(1.0, ge=0)  # Eq. 1 weight (mean over pairs); 0 = off
-    decorr_batch_size: int = Field(512, ge=0)  # z mapped for Eq. 1 each G step; 0 = the G batch
-    kimg: float = Field(2.0, ge=0)  # thousands of real images shown in this run
-    snapshot_kimg: float = Field(1.0, gt=0)  # checkpoint + sample grid period
-    log_every: int = Field(20, ge=1)  # steps between curve rows
-    keep_checkpoints: int = Field(2, ge=1)
-    grid: int = Field(6, ge=1, le=16)  # sample grid side (fixed seeds)
-    seed: int = Field(0, ge=0)
-    metric_samples: int = Field(2048, ge=64)  # samples for mean |rho| of W
-    fid_samples: int = Field(500, ge=0)  # real and generated images for FID; 0 = skip
-    ppl_samples: int = Field(100, ge=0)  # W path pairs for PPL; 0 = skip
+    kind: Literal["stylegan2", "linear"]
+    init: str  # scratch | path of a checkpoint (.safetensors) to continue from
+    resolution: int = Field(ge=8, le=1024)  # images are area-downsampled from data.resolution
+    z_dim: int = Field(ge=2)
+    w_dim: int = Field(ge=2)
+    mapping_layers: int = Field(ge=1)
+    channel_base: int = Field(ge=16)
+    channel_max: int = Field(ge=8)
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0)
+    r1_gamma: float = Field(ge=0)
+    r1_interval: int = Field(ge=1)
+    pl_weight: float = Field(ge=0)
+    pl_interval: int = Field(ge=1)
+    style_mixing_prob: float = Field(ge=0, le=1)
+    ema_kimg: float = Field(gt=0)
+    decorr_weight: float = Field(ge=0)  # Eq. 1 weight (mean over pairs); 0 = off
+    decorr_batch_size: int = Field(ge=0)  # z mapped for Eq. 1 each G step; 0 = the G batch
+    kimg: float = Field(ge=0)  # thousands of real images shown in this run
+    snapshot_kimg: float = Field(gt=0)  # checkpoint + sample grid period
+    log_every: int = Field(ge=1)  # steps between curve rows
+    keep_checkpoints: int = Field(ge=1)
+    grid: int = Field(ge=1, le=16)  # sample grid side (fixed seeds)
+    seed: int = Field(ge=0)
+    metric_samples: int = Field(ge=64)  # samples for mean |rho| of W
+    fid_samples: int = Field(ge=0)  # real and generated images for FID; 0 = skip
+    ppl_samples: int = Field(ge=0)  # W path pairs for PPL; 0 = skip
 
     _resolution = field_validator("resolution")(_power_of_two)
 
@@ -93,64 +95,64 @@ class GanParams(Section):
 class LatentsParams(Section):
     """Stage `sample_latents`: N latent codes and their generations."""
 
-    n: int = Field(8192, ge=2)  # latent codes to sample
-    chunk: int = Field(1024, ge=1)  # samples per zarr chunk (= per shard unit)
-    batch_size: int = Field(256, ge=1)
-    truncation_psi: float = Field(1.0, gt=0, le=1)
-    seed: int = Field(1, ge=0)
+    n: int = Field(ge=2)  # latent codes to sample
+    chunk: int = Field(ge=1)  # samples per zarr chunk (= per shard unit)
+    batch_size: int = Field(ge=1)
+    truncation_psi: float = Field(gt=0, le=1)
+    seed: int = Field(ge=0)
 
 
 class OracleParams(Section):
     """Stage `train_oracle`: supervised factor regressor, for evaluation only (Table 2's landmarker)."""
 
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(0.002, gt=0)
-    width: int = Field(32, ge=4)
-    holdout: float = Field(0.1, gt=0, lt=1)  # fraction of faces held out for R^2
-    r2_threshold: float = Field(0.8, ge=0, le=1)  # factors measured worse are flagged
-    seed: int = Field(0, ge=0)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0)
+    width: int = Field(ge=4)
+    holdout: float = Field(gt=0, lt=1)  # fraction of faces held out for R^2
+    r2_threshold: float = Field(ge=0, le=1)  # factors measured worse are flagged
+    seed: int = Field(ge=0)
 
 
 class ReconParams(Section):
     """Stages `train_recon` and `decompose`: the Unsup3D-style 3D decomposition (paper Sec. 3.2, 3.4)."""
 
-    train_on: Literal["generator", "faces"] = "generator"  # GAN generations (with their w) | faces.zarr
-    resolution: int = Field(32, ge=16, le=256)  # decomposer input side (power of 2)
-    nf_map: int = Field(16, ge=4)  # depth / albedo encoder-decoder width (Unsup3D: 64)
-    zdim_map: int = Field(64, ge=4)  # (Unsup3D: 256)
-    nf_encoder: int = Field(8, ge=2)  # view / light encoders (Unsup3D: 32)
-    nf_conf: int = Field(8, ge=2)  # confidence nets (Unsup3D: 64)
-    zdim_conf: int = Field(32, ge=4)  # (Unsup3D: 128)
-    depth_prior: float = Field(0.5, ge=0)  # convex start against the hollow-face solution; 0 = Unsup3D
-    steps: int = Field(2000, ge=0)  # optimisation steps in this run
-    batch_size: int = Field(32, ge=2)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    flip_weight: float = Field(0.5, ge=0)  # weight of the flipped (symmetric) reconstruction
-    swap_prob: float = Field(0.1, ge=0, le=1)  # mutual reconstruction (paper: 0.1 FFHQ-like, 0.5 CASIA-like)
-    yaw_augment: bool = True  # Sec. 3.4 (train_on generator only)
-    yaw_every: int = Field(10, ge=1)  # steps between v_yaw regressions
-    yaw_start: int = Field(1000, ge=0)  # steps before augmenting (v_yaw is still estimated)
-    yaw_momentum: float = Field(0.995, ge=0, lt=1)
-    yaw_scale: float = Field(10.0, gt=0)  # s ~ U[-scale, scale] in Eq. 4
-    yaw_limit_deg: float | None = Field(54.0, gt=0, le=90)  # cap s where the predicted yaw passes this; None: off
-    yaw_fraction: float = Field(0.5, gt=0, le=4)  # augmented images per batch image
-    truncation_psi: float = Field(1.0, gt=0, le=1)  # train_on generator: sampling of w
-    snapshot_steps: int = Field(250, ge=1)  # checkpoint + panel period
-    log_every: int = Field(10, ge=1)  # steps between curve rows
-    keep_checkpoints: int = Field(2, ge=1)
-    panel_images: int = Field(8, ge=1, le=64)  # faces in each visual panel
-    eval_pose: Literal["frontal", "wide"] = "wide"  # synthetic ground-truth faces for the metrics
-    n_eval: int = Field(512, ge=8)
-    eval_seed: int = Field(12345, ge=0)
-    eval_batch: int = Field(256, ge=1)  # images per forward pass (evaluation, decompose)
-    invalid_cost: float = Field(1.4142, ge=0)  # loss of a pixel the view leaves unrendered
-    mirror_weight: float = Field(1.0, ge=0)  # view/light of the mirror image = mirrored view/light; 0 = off
-    probe_images: int = Field(64, ge=8, le=1024)  # fixed images checked for a collapse at every snapshot
-    max_recoveries: int = Field(2, ge=0)  # restarts from the best healthy snapshot (new seed) on a collapse
-    allow_degenerate: bool = False  # decompose: go on with a decomposer marked degenerate
-    seed: int = Field(0, ge=0)
+    train_on: Literal["generator", "faces"]  # GAN generations (with their w) | faces.zarr
+    resolution: int = Field(ge=16, le=256)  # decomposer input side (power of 2)
+    nf_map: int = Field(ge=4)  # depth / albedo encoder-decoder width (Unsup3D: 64)
+    zdim_map: int = Field(ge=4)  # (Unsup3D: 256)
+    nf_encoder: int = Field(ge=2)  # view / light encoders (Unsup3D: 32)
+    nf_conf: int = Field(ge=2)  # confidence nets (Unsup3D: 64)
+    zdim_conf: int = Field(ge=4)  # (Unsup3D: 128)
+    depth_prior: float = Field(ge=0)  # convex start against the hollow-face solution; 0 = Unsup3D
+    steps: int = Field(ge=0)  # optimisation steps in this run
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    flip_weight: float = Field(ge=0)  # weight of the flipped (symmetric) reconstruction
+    swap_prob: float = Field(ge=0, le=1)  # mutual reconstruction (paper: 0.1 FFHQ-like, 0.5 CASIA-like)
+    yaw_augment: bool  # Sec. 3.4 (train_on generator only)
+    yaw_every: int = Field(ge=1)  # steps between v_yaw regressions
+    yaw_start: int = Field(ge=0)  # steps before augmenting (v_yaw is still estimated)
+    yaw_momentum: float = Field(ge=0, lt=1)
+    yaw_scale: float = Field(gt=0)  # s ~ U[-scale, scale] in Eq. 4
+    yaw_limit_deg: float | None = Field(gt=0, le=90)  # cap s where the predicted yaw passes this; None: off
+    yaw_fraction: float = Field(gt=0, le=4)  # augmented images per batch image
+    truncation_psi: float = Field(gt=0, le=1)  # train_on generator: sampling of w
+    snapshot_steps: int = Field(ge=1)  # checkpoint + panel period
+    log_every: int = Field(ge=1)  # steps between curve rows
+    keep_checkpoints: int = Field(ge=1)
+    panel_images: int = Field(ge=1, le=64)  # faces in each visual panel
+    eval_pose: Literal["frontal", "wide"]  # synthetic ground-truth faces for the metrics
+    n_eval: int = Field(ge=8)
+    eval_seed: int = Field(ge=0)
+    eval_batch: int = Field(ge=1)  # images per forward pass (evaluation, decompose)
+    invalid_cost: float = Field(ge=0)  # loss of a pixel the view leaves unrendered
+    mirror_weight: float = Field(ge=0)  # view/light of the mirror image = mirrored view/light; 0 = off
+    probe_images: int = Field(ge=8, le=1024)  # fixed images checked for a collapse at every snapshot
+    max_recoveries: int = Field(ge=0)  # restarts from the best healthy snapshot (new seed) on a collapse
+    allow_degenerate: bool  # decompose: go on with a decomposer marked degenerate
+    seed: int = Field(ge=0)
 
     _resolution = field_validator("resolution")(_power_of_two)
 
@@ -158,58 +160,58 @@ class ReconParams(Section):
 class RegressParams(Section):
     """Stage `regress`: Eq. 2-3, directions of the semantics (and the Jacobian of the maps) in W."""
 
-    scheme: Literal["random", "reference", "consecutive"] = "random"  # how sample pairs are formed
-    ridge: float = Field(0.0, ge=0)  # x mean diagonal of dW^T dW; 0 = plain Eq. 3
-    jacobian: bool = True  # also regress every depth / albedo pixel (S x d)
-    chunk: int = Field(1024, ge=2)  # samples read and paired at a time (memory)
-    seed: int = Field(0, ge=0)
+    scheme: Literal["random", "reference", "consecutive"]  # how sample pairs are formed
+    ridge: float = Field(ge=0)  # x mean diagonal of dW^T dW; 0 = plain Eq. 3
+    jacobian: bool  # also regress every depth / albedo pixel (S x d)
+    chunk: int = Field(ge=2)  # samples read and paired at a time (memory)
+    seed: int = Field(ge=0)
 
 
 class EvaluateParams(Section):
     """Stage `evaluate`: Table 2 (extended), recovery on the linear generator, peers, edit quality."""
 
-    n_samples: int = Field(2000, ge=16)  # fresh samples measured by the oracle
-    peers_k: int = Field(10, ge=1)  # first K directions of GANSpace / SeFa searched per semantic
-    edit_samples: int = Field(128, ge=2)  # samples edited per direction
-    edit_scale: float = Field(2.0, gt=0)  # edits to s = -scale and +scale (Eq. 4)
-    batch_size: int = Field(256, ge=1)
-    seed: int = Field(7, ge=0)
+    n_samples: int = Field(ge=16)  # fresh samples measured by the oracle
+    peers_k: int = Field(ge=1)  # first K directions of GANSpace / SeFa searched per semantic
+    edit_samples: int = Field(ge=2)  # samples edited per direction
+    edit_scale: float = Field(gt=0)  # edits to s = -scale and +scale (Eq. 4)
+    batch_size: int = Field(ge=1)
+    seed: int = Field(ge=0)
 
 
 class FactorizeParams(Section):
     """Stage `factorize`: Eq. 5, sparse localized components of the canonical-map Jacobian."""
 
-    solver: Literal["fast", "adam"] = "fast"  # alternating ISTA / sphere gradient | the paper's Adam
-    components: int = Field(48, ge=1)  # P
-    alpha: float = Field(0.001, ge=0)  # L1 weight on U (J balanced to ||J||_F = 1)
-    beta: float = Field(1.0, ge=0)  # orthogonality weight on V
-    iters: int = Field(300, ge=1)  # outer iterations (adam: steps)
-    tol: float = Field(1e-6, ge=0)  # relative objective decrease to stop at
-    adam_lr: float = Field(1e-4, gt=0)
-    init: Literal["svd", "random"] = "svd"
-    balance: bool = True  # depth and albedo parts of J to equal Frobenius norm
-    min_norm: float = Field(0.01, ge=0)  # drop components with ||u_p|| below (on ||J||_F = 1)
-    support_frac: float = Field(0.1, gt=0, lt=1)  # support: |u_sp| > frac x max_s |u_sp|
-    edit_components: int = Field(12, ge=0)  # components in the edit figure
-    edit_scale: float = Field(4.0, gt=0)  # s in [-scale, scale] (Fig. 7)
-    edit_steps: int = Field(9, ge=2)
-    seed: int = Field(0, ge=0)
+    solver: Literal["fast", "adam"]  # alternating ISTA / sphere gradient | the paper's Adam
+    components: int = Field(ge=1)  # P
+    alpha: float = Field(ge=0)  # L1 weight on U (J balanced to ||J||_F = 1)
+    beta: float = Field(ge=0)  # orthogonality weight on V
+    iters: int = Field(ge=1)  # outer iterations (adam: steps)
+    tol: float = Field(ge=0)  # relative objective decrease to stop at
+    adam_lr: float = Field(gt=0)
+    init: Literal["svd", "random"]
+    balance: bool  # depth and albedo parts of J to equal Frobenius norm
+    min_norm: float = Field(ge=0)  # drop components with ||u_p|| below (on ||J||_F = 1)
+    support_frac: float = Field(gt=0, lt=1)  # support: |u_sp| > frac x max_s |u_sp|
+    edit_components: int = Field(ge=0)  # components in the edit figure
+    edit_scale: float = Field(gt=0)  # s in [-scale, scale] (Fig. 7)
+    edit_steps: int = Field(ge=2)
+    seed: int = Field(ge=0)
 
 
 class ClusterParams(Section):
     """Stage `cluster`: Ward linkage of the components' directions (Fig. 6)."""
 
-    n_clusters: int = Field(3, ge=1)  # flat clusters (ignored when distance is set)
-    distance: float | None = Field(None, gt=0)  # cut the dendrogram at this height instead
+    n_clusters: int = Field(ge=1)  # flat clusters (ignored when distance is set)
+    distance: float | None = Field(gt=0)  # cut the dendrogram at this height instead
 
 
 class ReportParams(Section):
     """Stage `report`: data/report/index.html (univariate edit rows drawn here, Fig. 1/4)."""
 
-    directions: list[str] = ["yaw", "pitch", "roll", "light_x", "light_y", "tz"]  # rows of the edit figure
-    seeds: list[int] = [0, 1]  # faces edited per direction
-    scale: float = Field(3.0, gt=0)  # s in [-scale, scale]
-    steps: int = Field(7, ge=2)
+    directions: list[str]  # rows of the edit figure
+    seeds: list[int]  # faces edited per direction
+    scale: float = Field(gt=0)  # s in [-scale, scale]
+    steps: int = Field(ge=2)
 
     @field_validator("directions")
     @classmethod
@@ -233,15 +235,15 @@ class FlowParams(Section):
     validation context when given, else against the project's dvc.yaml).
     """
 
-    max_parallel: int = Field(1, ge=1, le=64)  # independent stages run at once (task runner workers)
-    retries: int = Field(0, ge=0, le=10)
-    retry_delay_s: float = Field(5.0, ge=0.0)
-    timeout_s: float | None = Field(None, gt=0)  # wall-clock limit of one attempt of a stage; None = none
-    stage_retries: dict[str, Annotated[int, Field(ge=0, le=10)]] = {}
-    stage_timeouts: dict[str, Annotated[float, Field(gt=0)] | None] = {}  # None: no limit for that stage
-    task_runner: Literal["threads", "dask"] = "threads"  # dask: a local Dask cluster (prefect-dask)
-    dask_workers: int = Field(2, ge=1, le=256)  # worker processes of that cluster
-    shards: int = Field(1, ge=1, le=4096)  # >1: sample_latents and decompose run as this many shard tasks
+    max_parallel: int = Field(ge=1, le=64)  # independent stages run at once (task runner workers)
+    retries: int = Field(ge=0, le=10)
+    retry_delay_s: float = Field(ge=0.0)
+    timeout_s: float | None = Field(gt=0)  # wall-clock limit of one attempt of a stage; None = none
+    stage_retries: dict[str, Annotated[int, Field(ge=0, le=10)]]
+    stage_timeouts: dict[str, Annotated[float, Field(gt=0)] | None]  # None: no limit for that stage
+    task_runner: Literal["threads", "dask"]  # dask: a local Dask cluster (prefect-dask)
+    dask_workers: int = Field(ge=1, le=256)  # worker processes of that cluster
+    shards: int = Field(ge=1, le=4096)  # >1: sample_latents and decompose run as this many shard tasks
 
     @field_validator("stage_retries", "stage_timeouts")
     @classmethod
@@ -264,19 +266,19 @@ class FlowParams(Section):
 
 
 class Params(Section):
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    data: DataParams = DataParams()
-    preview: PreviewParams = PreviewParams()
-    gan: GanParams = GanParams()
-    latents: LatentsParams = LatentsParams()
-    oracle: OracleParams = OracleParams()
-    recon: ReconParams = ReconParams()
-    regress: RegressParams = RegressParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    factorize: FactorizeParams = FactorizeParams()
-    cluster: ClusterParams = ClusterParams()
-    report: ReportParams = ReportParams()
-    flow: FlowParams = FlowParams()
+    device: str = Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    data: DataParams
+    preview: PreviewParams
+    gan: GanParams
+    latents: LatentsParams
+    oracle: OracleParams
+    recon: ReconParams
+    regress: RegressParams
+    evaluate: EvaluateParams
+    factorize: FactorizeParams
+    cluster: ClusterParams
+    report: ReportParams
+    flow: FlowParams
 
     def section_hash(self, *names: str) -> str:
         """sha256 (first 16 hex digits) of the named sections (all when none given).
@@ -316,6 +318,8 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
             key = ".".join(str(p) for p in e["loc"])
             if e["type"] == "extra_forbidden":
                 lines.append(f"  {key}: unknown key ({_allowed(Params, e['loc'])})")
+            elif e["type"] == "missing":
+                lines.append(f"  {key}: missing (every key is required; the project's params.yaml lists them all)")
             else:
                 lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(lines)) from None

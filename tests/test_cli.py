@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from tests.conftest import params_dict
 from tests.test_flow_options import DVC_YAML, _tool_env
 
 
@@ -17,7 +18,7 @@ def project(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
     (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
-    (root / "params.yaml").write_text(yaml.safe_dump({"flow": {"retries": 1}}))
+    (root / "params.yaml").write_text(yaml.safe_dump(params_dict(flow={"retries": 1})))
     env = _tool_env(root)
     env["SLOW_S"] = "0"
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
@@ -41,9 +42,9 @@ def test_params_prints_the_resolved_values_and_names_a_bad_key(project):
     out = facesem(project, "params")
     assert out.returncode == 0, out.stderr
     resolved = json.loads(out.stdout)
-    assert resolved["flow"]["retries"] == 1 and resolved["recon"]["steps"] == 2000  # defaults filled in
+    assert resolved["flow"]["retries"] == 1 and resolved["recon"]["steps"] == 2000  # the whole file
     root, _ = project
-    (root / "params.yaml").write_text(yaml.safe_dump({"gan": {"kimg": float("inf")}}))
+    (root / "params.yaml").write_text(yaml.safe_dump(params_dict(gan={"kimg": float("inf")})))
     out = facesem(project, "params")
     assert out.returncode == 2 and "gan.kimg: Input should be a finite number" in out.stderr
 

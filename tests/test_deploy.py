@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipeline.env import environment_defaults
+from tests.conftest import params_dict
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRYPOINT = "pipeline/flow.py:facesem_flow"
@@ -352,7 +353,7 @@ def test_serve_runs_the_flow_on_its_schedule(tmp_path):
             {"stages": {"hello": {"cmd": 'python -c \'open("hello.txt", "w").write("hi")\'', "outs": ["hello.txt"]}}}
         )
     )
-    (root / "params.yaml").write_text("{}\n")
+    (root / "params.yaml").write_text(yaml.safe_dump(params_dict()))
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = _tool_env(root, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="2")

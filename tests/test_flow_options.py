@@ -16,7 +16,8 @@ import yaml
 
 from pipeline.dvc_process import stop_process_tree
 from pipeline.env import environment_defaults
-from support.params import Params, ParamsError, load_params, parse_params
+from support.params import Params, ParamsError, load_params
+from tests.conftest import make_params, params_dict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,8 +33,8 @@ def _running(pid: int) -> bool:
 
 
 def test_flow_overrides_resolve_per_stage():
-    flow = parse_params(
-        {
+    flow = make_params(
+        **{
             "flow": {
                 "retries": 1,
                 "timeout_s": 3600,
@@ -45,7 +46,7 @@ def test_flow_overrides_resolve_per_stage():
     assert flow.retries_for("train_gan") == 3 and flow.retries_for("faces") == 1
     assert flow.timeout_for("faces") == 60 and flow.timeout_for("train_gan") == 3600
     assert flow.timeout_for("preview") is None  # null: no limit for that stage
-    defaults = parse_params({}).flow
+    defaults = make_params().flow
     assert defaults.timeout_s is None and defaults.stage_retries == {} and defaults.stage_timeouts == {}
     assert defaults.timeout_for("faces") is None and defaults.retries_for("faces") == 0
 
@@ -64,16 +65,16 @@ def test_flow_overrides_resolve_per_stage():
 )
 def test_bad_flow_params_name_the_key(flow, fragments):
     with pytest.raises(ParamsError) as info:
-        parse_params({"flow": flow})
+        make_params(**{"flow": flow})
     for fragment in fragments:
         assert fragment in str(info.value)
 
 
 def test_stage_names_come_from_the_context_or_the_projects_dvc_yaml(tmp_path, monkeypatch):
-    raw = {"flow": {"stage_retries": {"only": 1}}}
+    raw = params_dict(flow={"stage_retries": {"only": 1}})
     assert Params.model_validate(raw, context={"stages": ["only"]}).flow.retries_for("only") == 1
     # foreach / matrix stages are addressed as name@key
-    Params.model_validate({"flow": {"stage_timeouts": {"only@a": 2}}}, context={"stages": ["only"]})
+    Params.model_validate(params_dict(flow={"stage_timeouts": {"only@a": 2}}), context={"stages": ["only"]})
     with pytest.raises(ValueError, match="unknown stage"):
         Params.model_validate(raw, context={"stages": ["other"]})
     # without a context: the dvc.yaml of the project the process works in
@@ -81,7 +82,7 @@ def test_stage_names_come_from_the_context_or_the_projects_dvc_yaml(tmp_path, mo
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)
     assert load_params(tmp_path / "params.yaml").flow.stage_retries == {"only": 1}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"flow": {"stage_retries": {"faces": 1}}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(flow={"stage_retries": {"faces": 1}})))
     with pytest.raises(ParamsError, match=r"flow\.stage_retries.*unknown stage.*'faces'.*\['only'\]"):
         load_params(tmp_path / "params.yaml")
 
@@ -169,7 +170,7 @@ def test_timeout_stops_the_stage_then_a_rerun_continues_from_the_cache(tmp_path)
     (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     (root / "params.yaml").write_text(
         yaml.safe_dump(  # 20 s: dvc status + dvc repro fit it on a busy machine
-            {"flow": {"retry_delay_s": 0, "stage_retries": {"slow": 1}, "stage_timeouts": {"slow": 20}}}
+            params_dict(flow={"retry_delay_s": 0, "stage_retries": {"slow": 1}, "stage_timeouts": {"slow": 20}})
         )
     )
     env = _tool_env(root)
@@ -223,7 +224,7 @@ def test_the_flows_own_task_runner_follows_params_yaml(tmp_path, runner, where):
     """`flow.task_runner` is read when a flow run starts, so the deployed entrypoint
     (pipeline/flow.py:facesem_flow, as `facesem serve` and prefect.yaml run it) honours dask too."""
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"flow": {"task_runner": runner, "dask_workers": 1}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(flow={"task_runner": runner, "dask_workers": 1})))
     (tmp_path / "probe.py").write_text(WHERE)
     proc = subprocess.run(
         [sys.executable, "probe.py"], cwd=tmp_path, env=_tool_env(tmp_path), capture_output=True, text=True, timeout=300
@@ -250,14 +251,14 @@ def test_shard_tasks_get_the_stages_time_limit_and_retries(tmp_path):
     )
     (root / "params.yaml").write_text(
         yaml.safe_dump(
-            {
-                "flow": {
+            params_dict(
+                flow={
                     "shards": 2,
                     "retry_delay_s": 0,
                     "stage_retries": {"decompose": 1},
                     "stage_timeouts": {"decompose": 20},
                 }
-            }
+            )
         )
     )
     env = _tool_env(root)
@@ -290,7 +291,7 @@ def _run_until_the_slow_stage(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
     (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
-    (root / "params.yaml").write_text(yaml.safe_dump({"flow": {}}))
+    (root / "params.yaml").write_text(yaml.safe_dump(params_dict()))
     env = _tool_env(root)
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
     run = subprocess.Popen(
@@ -359,7 +360,9 @@ def test_retries_and_max_parallel_in_the_flow(tmp_path):
     stages = {name: {"cmd": f"python -c '{SPAN}' {name}", "outs": [f"{name}.txt"]} for name in ("a", "b", "c")}
     stages["fails"] = {"cmd": f"python -c '{FAIL}'", "outs": ["never.txt"]}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
-    (root / "params.yaml").write_text(yaml.safe_dump({"flow": {"max_parallel": 1, "retries": 2, "retry_delay_s": 0}}))
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(params_dict(flow={"max_parallel": 1, "retries": 2, "retry_delay_s": 0}))
+    )
     env = _tool_env(root)
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
     done = subprocess.run(

@@ -8,7 +8,7 @@ from PIL import Image
 
 from stages import faces as faces_stage
 from store.artifacts import open_store
-from support.params import parse_params
+from tests.conftest import make_params
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -31,8 +31,8 @@ def _photo_folder(root):
 def test_folder_ingest_keeps_good_reports_bad(tmp_path):
     photos = tmp_path / "photos"
     _photo_folder(photos)
-    params = parse_params(
-        {"data": {"source": "folder", "path": str(photos), "resolution": 32, "min_size": 16, "chunk": 4}}
+    params = make_params(
+        **{"data": {"source": "folder", "path": str(photos), "resolution": 32, "min_size": 16, "chunk": 4}}
     )
     out, report, metrics = tmp_path / "faces.zarr", tmp_path / "report.csv", tmp_path / "m.json"
     result = faces_stage.run(params, out, report, metrics)
@@ -55,14 +55,14 @@ def test_folder_without_usable_images_is_a_clear_error(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "bad.jpg").write_text("nope")
-    params = parse_params({"data": {"source": "folder", "path": str(photos)}})
+    params = make_params(**{"data": {"source": "folder", "path": str(photos)}})
     with pytest.raises(ValueError, match="no usable images"):
         faces_stage.run(params, tmp_path / "f.zarr", tmp_path / "r.csv", tmp_path / "m.json")
     assert not (tmp_path / "f.zarr").exists()
 
 
 def test_missing_folder_names_the_param(tmp_path):
-    params = parse_params({"data": {"source": "folder", "path": str(tmp_path / "nowhere")}})
+    params = make_params(**{"data": {"source": "folder", "path": str(tmp_path / "nowhere")}})
     with pytest.raises(FileNotFoundError, match="data.path"):
         faces_stage.run(params, tmp_path / "f.zarr", tmp_path / "r.csv", tmp_path / "m.json")
 
@@ -76,8 +76,8 @@ def _ingest(tmp_path, files: dict, **data):
     photos.mkdir()
     for name, write in files.items():
         write(photos / name)
-    params = parse_params(
-        {"data": {"source": "folder", "path": str(photos), "resolution": 32, "min_size": 16, "chunk": 4, **data}}
+    params = make_params(
+        **{"data": {"source": "folder", "path": str(photos), "resolution": 32, "min_size": 16, "chunk": 4, **data}}
     )
     result = faces_stage.run(params, tmp_path / "faces.zarr", tmp_path / "report.csv", tmp_path / "m.json")
     kept = sorted(
@@ -165,4 +165,4 @@ def test_alpha_background_is_validated():
     from support.params import ParamsError
 
     with pytest.raises(ParamsError, match="data.alpha_background"):
-        parse_params({"data": {"alpha_background": [0, 300, 0]}})
+        make_params(**{"data": {"alpha_background": [0, 300, 0]}})

@@ -2,6 +2,7 @@ import pytest
 import yaml
 
 from support.params import Params, ParamsError, load_params, parse_params
+from tests.conftest import make_params
 
 
 def test_repo_params_file_is_valid(repo_root):
@@ -28,21 +29,21 @@ def test_repo_params_file_is_valid(repo_root):
 )
 def test_bad_params_name_the_key(raw, fragments):
     with pytest.raises(ParamsError) as info:
-        parse_params(raw)
+        make_params(**raw)
     for fragment in fragments:
         assert fragment in str(info.value)
 
 
 def test_all_errors_reported_at_once():
     with pytest.raises(ParamsError) as info:
-        parse_params({"data": {"resolution": 1, "pose": "x"}})
+        make_params(**{"data": {"resolution": 1, "pose": "x"}})
     assert "data.resolution" in str(info.value) and "data.pose" in str(info.value)
 
 
 def test_section_hash_tracks_only_its_section():
-    a = parse_params({})
-    b = parse_params({"preview": {"grid": 4}})
-    c = parse_params({"data": {"seed": 1}})
+    a = make_params()
+    b = make_params(**{"preview": {"grid": 4}})
+    c = make_params(**{"data": {"seed": 1}})
     assert a.section_hash("data") == b.section_hash("data")
     assert a.section_hash("data") != c.section_hash("data")
     assert a.section_hash("preview") != b.section_hash("preview")
@@ -90,23 +91,33 @@ def test_every_float_key_refuses_non_finite_values(key):
     per_stage = typing.get_origin(dict(_keys())[key].annotation) is dict  # flow.stage_timeouts: {stage: s}
     for bad in (float("inf"), float("-inf"), float("nan")):
         with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
-            parse_params(_raw(key, {"faces": bad} if per_stage else bad))
+            make_params(**_raw(key, {"faces": bad} if per_stage else bad))
 
 
 @pytest.mark.parametrize("key", [k for k, _ in _keys() if k.endswith("resolution") and k not in RESOLUTION_EXEMPT])
 def test_every_network_resolution_must_be_a_power_of_two(key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.") + ".*power of 2"):
-        parse_params(_raw(key, 48))
-    parse_params(_raw(key, 64))
+        make_params(**_raw(key, 48))
+    make_params(**_raw(key, 64))
 
 
 def test_kimg_inf_is_refused_before_training():
     with pytest.raises(ParamsError, match=r"gan\.kimg: Input should be a finite number"):
-        parse_params({"gan": {"kimg": float("inf")}})
+        make_params(**{"gan": {"kimg": float("inf")}})
 
 
 def test_names_must_exist():
     with pytest.raises(ParamsError, match=r"report\.directions.*unknown direction\(s\) \['pich'\].*'pitch'"):
-        parse_params({"report": {"directions": ["yaw", "pich"]}})
+        make_params(**{"report": {"directions": ["yaw", "pich"]}})
     with pytest.raises(ParamsError, match=r"flow\.stage_retries.*unknown stage\(s\) \['train_gam'\]"):
-        parse_params({"flow": {"stage_retries": {"train_gam": 1}}})
+        make_params(**{"flow": {"stage_retries": {"train_gam": 1}}})
+
+
+def test_a_missing_key_is_named_and_nothing_falls_back():
+    from tests.conftest import params_dict
+
+    raw = params_dict()
+    del raw["gan"]["init"], raw["recon"]
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    assert "gan.init: missing" in str(info.value) and "recon: missing" in str(info.value)
