@@ -31,6 +31,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from store.images import save_figure  # noqa: E402
+
 KEYS = ("side", "mad_deg", "yaw_mae_deg", "yaw_mae_extreme_deg", "light_err_deg", "yaw_corr")
 CHAINS = {"linear": {"gan": {"kind": "linear"}}, "default": {}}
 
@@ -167,9 +169,7 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("train_recon over seeds (points: seeds; x: collapsed beyond recovery)", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.renderer import LIGHT_NAMES, VIEW_NAMES
@@ -237,15 +236,6 @@ def depth_from_raw(
     return d
 
 
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Images [B, C, h, w] -> [B, C, size, size] (area average when shrinking, bilinear otherwise)."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    if images.shape[-1] > size:
-        return F.interpolate(images, size=(size, size), mode="area")
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-
-
 class Decomposer(nn.Module):
     """The decomposition nets together: image [B, 3, r, r] in [-1, 1] -> ``Decomposition``.
 
@@ -279,9 +269,7 @@ class Decomposer(nn.Module):
     def _check(self, images: torch.Tensor) -> None:
         r = self.config.resolution
         if images.dim() != 4 or images.shape[1:] != (3, r, r):
-            raise ValueError(
-                f"expected images [B, 3, {r}, {r}], got {tuple(images.shape)} (use models.decomposition.resize)"
-            )
+            raise ValueError(f"expected images [B, 3, {r}, {r}], got {tuple(images.shape)} (use models.resize.resize)")
 
     def predict_depth(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, r, r] -> canonical depth [B, r, r] in [min_depth, max_depth]."""

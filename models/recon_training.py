@@ -49,10 +49,11 @@ from typing import NamedTuple
 
 import torch
 
-from models.decomposition import Decomposer, Decomposition, resize
+from models.decomposition import Decomposer, Decomposition
 from models.linear_semantics import derangement, manipulate, pair_differences, projection_std, regress_directions, unit
 from models.recon_metrics import erode
 from models.renderer import render
+from models.resize import resize
 
 
 class Reconstructions(NamedTuple):

@@ -21,7 +21,7 @@ import torch
 from models import faces as face_model
 from models.clustering import purity, region_cosines, region_labels, ward_clusters
 from store.artifacts import open_store, write_json
-from store.images import save_grid, to_uint8
+from store.images import save_figure, save_grid, to_uint8
 from support.figures import albedo_rgb, split_maps
 from support.params import Params
 from support.stage import stage_args
@@ -53,10 +53,7 @@ def dendrogram_figure(linkage: np.ndarray, thumbs: np.ndarray, labels: list[str]
         )
         ax.add_artist(box)
     fig.subplots_adjust(bottom=0.32)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def run(params: Params, components: Path, out: Path, metrics: Path) -> dict:

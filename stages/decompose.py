@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.decomposition import SEMANTIC_NAMES, Decomposer, resize
+from models.decomposition import SEMANTIC_NAMES, Decomposer
+from models.resize import resize
 from store.artifacts import open_store
 from store.chunked import Mode, add_shard_args, run_chunked, shard_mode
 from store.datasets import to_unit

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from models import faces as face_model
-from models.factorize import balance_parts, factorize, match_directions, prune_and_order, supports
+from models.factorize import localized_components, match_directions
 from models.linear_semantics import projection_std
 from store.artifacts import open_store, write_json, write_store
 from store.images import save_grid
@@ -43,32 +43,25 @@ def run(
         raise ValueError(f"{directions} has no 'jacobian': run regress with regress.jacobian: true")
     jac = torch.from_numpy(store["jacobian"][:]).double()
     r = int(store["jacobian"].attrs["layout"]["depth"][-1])
-    if factorize_params.balance:
-        jac, part_scales = balance_parts(jac, [r * r, 3 * r * r])
-    else:
-        part_scales = [1.0 / float(jac.norm())] * 2
-        jac = jac * part_scales[0]
-    kw = {"lr": factorize_params.adam_lr} if factorize_params.solver == "adam" else {}
-    fac = factorize(
+    found = localized_components(
         jac,
+        [r * r, 3 * r * r],
         factorize_params.components,
         factorize_params.alpha,
         factorize_params.beta,
+        balance=factorize_params.balance,
+        min_norm=factorize_params.min_norm,
+        support_frac=factorize_params.support_frac,
         solver=factorize_params.solver,
         iters=factorize_params.iters,
         tol=factorize_params.tol,
         init=factorize_params.init,
         seed=factorize_params.seed,
-        **kw,
+        **({"lr": factorize_params.adam_lr} if factorize_params.solver == "adam" else {}),
     )
-    U, V, norms, keep = prune_and_order(fac.U, fac.V, factorize_params.min_norm)
-    units = V.T.contiguous()  # [K, d]
-    lat = open_store(latents)
-    sig = projection_std(lat["w"], units) if len(units) else torch.zeros(0)
+    units, U, norms, support, part_scales, fac = found
+    sig = projection_std(open_store(latents)["w"], units) if len(units) else torch.zeros(0)
     names = [f"comp{i:02d}" for i in range(len(units))]
-    support = (
-        supports(U, factorize_params.support_frac) if len(units) else torch.zeros(0, jac.shape[0], dtype=torch.bool)
-    )
     attrs = {
         "layout": dict(store["jacobian"].attrs["layout"]),
         "part_scales": [float(x) for x in part_scales],

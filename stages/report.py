@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from store.artifacts import git_revision, open_store
-from store.images import save_grid
+from store.images import save_figure, save_grid
 from support.device import select_device
 from support.edit import edit_grid, load_direction
 from support.generators import load_generator
@@ -73,9 +73,7 @@ def curves_figure(csv: Path, x: str, columns: list[str], path: Path, title: str)
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def univariate_edits(params: Params, data: Path, path: Path) -> list[str]:

@@ -27,9 +27,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from models.decomposition import SEMANTIC_NAMES, Decomposer, resize
+from models.decomposition import SEMANTIC_NAMES, Decomposer
 from models.recon_health import HealthMonitor, probe
 from models.recon_training import ReconTrainer
+from models.resize import resize
 from store.artifacts import open_store, write_json
 from store.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from store.datasets import load_images, to_unit

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from models.resize import resize
 from store.artifacts import open_store
 
 
@@ -14,9 +14,7 @@ def resize_uint8(block: torch.Tensor, resolution: int) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> uint8 [B, 3, r, r] (area filter when shrinking, bilinear else)."""
     if block.shape[-1] == resolution:
         return block
-    mode = "area" if block.shape[-1] > resolution else "bilinear"
-    out = F.interpolate(block.float(), size=(resolution, resolution), mode=mode)
-    return out.round().clamp(0, 255).to(torch.uint8)
+    return resize(block.float(), resolution).round().clamp(0, 255).to(torch.uint8)
 
 
 def load_images(

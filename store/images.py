@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from store.artifacts import temporary_path
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -104,4 +106,21 @@ def save_grid(images: np.ndarray, path: str | Path, ncols: int, scale: int = 1) 
     tmp = path.with_name(f".{path.name}.tmp.png")
     image_grid(images, ncols, scale).save(tmp)
     tmp.replace(path)
+    return path
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure to `path` (format from its suffix) under a temporary name, then
+    rename it into place, so a reader never sees half a file; closes the figure. Returns `path`."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (matplotlib loads only where figures are drawn)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path

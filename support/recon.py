@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from models import faces as face_model
-from models.decomposition import Decomposer, DecomposerConfig, resize
+from models.decomposition import Decomposer, DecomposerConfig
 from models.recon_metrics import ground_truth_errors
 from models.recon_training import render_reconstructions
 from models.renderer import LIGHT_NAMES, VIEW_NAMES, shade
+from models.resize import resize
 from store.checkpoints import load_checkpoint, load_weights
-from store.images import to_uint8
+from store.images import save_figure, to_uint8
 from support.params import Params, ReconParams
 
 CONFIG_KEYS = ("resolution", "nf_map", "zdim_map", "nf_encoder", "nf_conf", "zdim_conf", "depth_prior")
@@ -165,8 +166,4 @@ def yaw_scatter(true_yaw: np.ndarray, pred_yaw: np.ndarray, path: str | Path, ti
     )
     ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
