@@ -147,7 +147,7 @@ def clamp_factors(factors: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.minimum(factors, high), low)
 
 
-def canonical_grid(size: int, device=None, dtype=torch.float32):
+def canonical_grid(size: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical coordinates: x [1, 1, size] (columns), y [1, size, 1] (rows), both in [-1, 1]."""
     c = (size - 1) / 2
     t = (torch.arange(size, device=device, dtype=dtype) - c) / c

@@ -77,13 +77,13 @@ def _focal(size, fov_deg):
     return c / math.tan(math.radians(fov_deg) / 2), c
 
 
-def intrinsics(size, fov_deg=10.0, device=None, dtype=None):
+def intrinsics(size: int, fov_deg: float = 10.0, device=None, dtype=None) -> torch.Tensor:
     """Camera matrix K [3, 3] for a square image of side ``size``."""
     f, c = _focal(size, fov_deg)
     return torch.tensor([[f, 0.0, c], [0.0, f, c], [0.0, 0.0, 1.0]], device=device, dtype=dtype)
 
 
-def rotation_matrix(pitch, yaw, roll):
+def rotation_matrix(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
     """R = Rz(roll) @ Ry(yaw) @ Rx(pitch). Angles [B] in degrees -> [B, 3, 3]."""
     p, y, r = (torch.deg2rad(torch.as_tensor(a)) for a in (pitch, yaw, roll))
     p, y, r = torch.broadcast_tensors(p, y, r)
@@ -106,7 +106,7 @@ def _pixel_rays(size, fov_deg, device, dtype):
     return torch.stack([xx, yy, torch.ones_like(xx)]).reshape(3, -1)
 
 
-def depth_to_points(depth, fov_deg=10.0):
+def depth_to_points(depth: torch.Tensor, fov_deg: float = 10.0) -> torch.Tensor:
     """Canonical 3D points P = depth * K^-1 [u, v, 1]. [B, H, W] -> [B, H, W, 3]."""
     b, h, w = depth.shape
     rays = _pixel_rays(w, fov_deg, depth.device, depth.dtype).T.reshape(h, w, 3)
@@ -142,7 +142,7 @@ def _normal_terms(depth, fov_deg):
     return nx, ny, nz
 
 
-def depth_to_normals(depth, fov_deg=10.0):
+def depth_to_normals(depth: torch.Tensor, fov_deg: float = 10.0) -> torch.Tensor:
     """Unit normals of the canonical surface, towards the camera. [B, H, W] -> [B, 3, H, W].
 
     n = normalize(dP/dv x dP/du), P the canonical 3D points, central
@@ -152,13 +152,13 @@ def depth_to_normals(depth, fov_deg=10.0):
     return n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def light_direction(light):
+def light_direction(light: torch.Tensor) -> torch.Tensor:
     """Unit light direction l = normalize(light_x, light_y, -1). [B, 8] -> [B, 3]."""
     direction = torch.cat([light[:, 6:8], -torch.ones_like(light[:, :1])], 1)
     return direction / direction.norm(dim=1, keepdim=True)
 
 
-def shade(depth, albedo, light, fov_deg=10.0):
+def shade(depth: torch.Tensor, albedo: torch.Tensor, light: torch.Tensor, fov_deg: float = 10.0) -> torch.Tensor:
     """Canonical image albedo * (amb + diff * max(0, n.l)). -> [B, 3, H, W]."""
     nx, ny, nz = _normal_terms(depth, fov_deg)
     ld = light_direction(light)[:, :, None, None]  # [B, 3, 1, 1]
@@ -446,7 +446,7 @@ def _first_root(table, base, au, bu, av, bv, pts, side0, size, iters):
     return wm_ + t, df, found, s3[:, -1]
 
 
-def raycast(depth, view, fov_deg=10.0, first_cells=1):
+def raycast(depth: torch.Tensor, view: torch.Tensor, fov_deg: float = 10.0, first_cells: int = 1) -> Hits:
     """First intersection of every output pixel's ray with the canonical surface.
 
     depth [B, H, W] canonical depth, view [B, 6]. Returns ``Hits`` with
@@ -521,7 +521,13 @@ def raycast(depth, view, fov_deg=10.0, first_cells=1):
     return Hits(uv, hit.view(b, h, w), torch.where(hit, s, 0.0).view(b, h, w))
 
 
-def warp(canon, depth, view, fov_deg=10.0, background=0.0):
+def warp(
+    canon: torch.Tensor,
+    depth: torch.Tensor,
+    view: torch.Tensor,
+    fov_deg: float = 10.0,
+    background: float | torch.Tensor = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Render canonical maps ``canon`` [B, C, H, W] from ``view`` [B, 6].
 
     Returns image [B, C, H, W] (``background`` where the ray misses: a number, a
@@ -539,7 +545,23 @@ def warp(canon, depth, view, fov_deg=10.0, background=0.0):
     return img, mask.to(canon.dtype), hits.view_depth
 
 
-def render(depth, albedo, view, light, fov_deg=10.0, background=0.0):
-    """Shade in the canonical frame and warp to the view: (image [B, 3, H, W], mask [B, 1, H, W])."""
-    img, mask, _ = warp(shade(depth, albedo, light, fov_deg), depth, view, fov_deg, background)
-    return img, mask
+def render(
+    depth: torch.Tensor,
+    albedo: torch.Tensor,
+    view: torch.Tensor,
+    light: torch.Tensor,
+    fov_deg: float = 10.0,
+    background: float | torch.Tensor = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unsup3D's image formation (its Sec. 3.1): canonical depth [B, H, W] and albedo [B, 3, H, W],
+    seen from view [B, 6] under light [B, 8] -> (image [B, 3, H, W], mask [B, 1, H, W] float).
+
+    depth -> points P = depth K^-1 [u, v, 1]            (depth_to_points)
+          -> normals n = normalize(dP/dv x dP/du)      (depth_to_normals)
+          -> shading: albedo (amb + diff max(0, n.l))  (shade, in the canonical frame)
+          -> sampling: each view pixel's ray hits the canonical surface (raycast), and the
+             shaded canonical image is sampled bilinearly there; `background` where it misses (warp)
+    """
+    canonical_image = shade(depth, albedo, light, fov_deg)
+    image, mask, _ = warp(canonical_image, depth, view, fov_deg, background)
+    return image, mask

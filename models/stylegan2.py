@@ -166,27 +166,6 @@ def upfirdn2d(
     return F.conv2d(x, weight, stride=down, groups=channels)
 
 
-def upfirdn2d_reference(
-    x: torch.Tensor,
-    kernel: torch.Tensor,
-    up: int = 1,
-    down: int = 1,
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
-    gain: float = 1.0,
-) -> torch.Tensor:
-    """Literal upfirdn2d (zero insertion, pad, depthwise conv, subsample); for tests."""
-    batch, channels, h, w = x.shape
-    if up > 1:
-        x = x.reshape(batch, channels, h, 1, w, 1)
-        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
-        x = x.reshape(batch, channels, h * up, w * up)
-    x = F.pad(x, list(padding))
-    weight = (kernel * gain).flip([0, 1]).to(dtype=x.dtype, device=x.device)
-    weight = weight[None, None].repeat(channels, 1, 1, 1)
-    x = F.conv2d(x, weight, groups=channels)
-    return x[:, :, ::down, ::down]
-
-
 def upsample2d(x: torch.Tensor, kernel: torch.Tensor, factor: int = 2) -> torch.Tensor:
     """[b, c, h, w] -> [b, c, h * factor, w * factor], FIR interpolation (DC gain 1)."""
     k = kernel.shape[-1]

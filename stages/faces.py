@@ -62,9 +62,9 @@ def write_synthetic(params: Params, out: Path) -> dict:
         group["regions"].attrs["names"] = list(regions)
         gt_depth = group.create_array(
             "gt/depth",
-            shape=(n_eval, res, res),
+            shape=(n_eval, 1, res, res),  # [n, 1, r, r] like semantics.zarr's depth (albedo: [n, 3, r, r])
             dtype="float32",
-            chunks=(min(data_params.chunk, max(n_eval, 1)), res, res),
+            chunks=(min(data_params.chunk, max(n_eval, 1)), 1, res, res),
         )
         gt_albedo = group.create_array(
             "gt/albedo",
@@ -82,7 +82,7 @@ def write_synthetic(params: Params, out: Path) -> dict:
                     block.append(to_uint8(img))
                     if b < n_eval:
                         e = min(b + len(f), n_eval)
-                        gt_depth[b:e] = depth[: e - b].cpu().numpy()
+                        gt_depth[b:e] = depth[: e - b, None].cpu().numpy()
                         gt_albedo[b:e] = albedo[: e - b].cpu().numpy()
                     bar.update(len(f))
                 images[lo:hi] = np.concatenate(block)

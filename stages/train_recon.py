@@ -34,7 +34,7 @@ from models.resize import resize
 from store.artifacts import open_store, write_json
 from store.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from store.datasets import load_images, to_unit
-from store.images import save_grid
+from store.images import quantize_signed, save_grid
 from support.device import select_device
 from support.distributed import (
     World,
@@ -107,8 +107,9 @@ class Batches:
 
     @torch.no_grad()
     def synthesize(self, w: torch.Tensor) -> torch.Tensor:
-        """G(w) at the decomposer's resolution, in [-1, 1]."""
-        return resize(self.gen.synthesis(w).clamp(-1, 1), self.r)
+        """G(w) at the decomposer's resolution, in [-1, 1], quantised to 8 bits first exactly as
+        sample_latents stores the generations that decompose reads (the same inputs in both)."""
+        return resize(quantize_signed(self.gen.synthesis(w)), self.r)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.gen is not None:

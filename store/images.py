@@ -85,6 +85,13 @@ def signed_to_uint8(images) -> np.ndarray:
     return to_uint8(images * 0.5 + 0.5)
 
 
+def quantize_signed(images):
+    """Float images in [-1, 1] (torch) -> the same images after a round trip through uint8
+    (`signed_to_uint8`, then `store.datasets.to_unit`): what a stage reading stored generations
+    sees. Same shape, device and dtype; values on the 256-level grid of [-1, 1]."""
+    return ((images * 0.5 + 0.5) * 255.0).round().clamp(0, 255) / 127.5 - 1.0
+
+
 def image_grid(images: np.ndarray, ncols: int, scale: int = 1, pad: int = 1) -> Image.Image:
     """uint8 [N, 3, H, W] -> one PIL image, `ncols` per row, nearest-upscaled by `scale`."""
     n, c, h, w = images.shape

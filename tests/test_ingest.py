@@ -166,3 +166,14 @@ def test_alpha_background_is_validated():
 
     with pytest.raises(ParamsError, match="data.alpha_background"):
         make_params(**{"data": {"alpha_background": [0, 300, 0]}})
+
+
+def test_quantize_signed_is_the_uint8_round_trip_that_stages_read():
+    import torch
+
+    from store.datasets import to_unit
+    from store.images import quantize_signed, signed_to_uint8
+
+    x = torch.cat([torch.linspace(-1.3, 1.3, 2001), torch.tensor([-1.0, 1.0, 0.0, 1 / 255, -1 / 255])])
+    x = x.view(1, 1, 1, -1)
+    assert torch.equal(quantize_signed(x), to_unit(torch.from_numpy(signed_to_uint8(x))))

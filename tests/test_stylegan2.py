@@ -19,9 +19,29 @@ from models.stylegan2 import (
     fir_kernel,
     modulated_conv2d,
     upfirdn2d,
-    upfirdn2d_reference,
     upsample2d,
 )
+
+
+def upfirdn2d_reference(
+    x: torch.Tensor,
+    kernel: torch.Tensor,
+    up: int = 1,
+    down: int = 1,
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
+    gain: float = 1.0,
+) -> torch.Tensor:
+    """Literal upfirdn2d (zero insertion, pad, depthwise conv, subsample): the fast one's reference."""
+    batch, channels, h, w = x.shape
+    if up > 1:
+        x = x.reshape(batch, channels, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(batch, channels, h * up, w * up)
+    x = F.pad(x, list(padding))
+    weight = (kernel * gain).flip([0, 1]).to(dtype=x.dtype, device=x.device)
+    weight = weight[None, None].repeat(channels, 1, 1, 1)
+    x = F.conv2d(x, weight, groups=channels)
+    return x[:, :, ::down, ::down]
 
 
 def tiny_gd(resolution, seed=0):
