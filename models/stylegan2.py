@@ -29,6 +29,7 @@ Nothing here does I/O. The FIR kernels are non-persistent buffers, so
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ __all__ = [
     "downsample2d",
     "modulated_conv2d",
     "normalize_2nd_moment",
+    "upgrade_legacy_names",
 ]
 
 LRELU_SLOPE = 0.2
@@ -314,9 +316,8 @@ class MappingNetwork(nn.Module):
         self.w_avg_beta = w_avg_beta
         layer_features = w_dim if layer_features is None else layer_features
         features = [z_dim] + [layer_features] * (num_layers - 1) + [w_dim]
-        self.layers = nn.ModuleList(
-            EqualLinear(features[i], features[i + 1], lr_mul=lr_mul, activation="lrelu") for i in range(num_layers)
-        )
+        for i in range(num_layers):  # fc0 .. fc{num_layers-1}, NVlabs' names
+            setattr(self, f"fc{i}", EqualLinear(features[i], features[i + 1], lr_mul=lr_mul, activation="lrelu"))
         self.register_buffer("w_avg", torch.zeros(w_dim))  # [w_dim]
 
     def forward(
@@ -329,8 +330,8 @@ class MappingNetwork(nn.Module):
     ) -> torch.Tensor:
         """``update_w_avg=None`` updates the tracked mean iff the module is in training mode."""
         x = normalize_2nd_moment(z)  # [batch, z_dim]
-        for layer in self.layers:
-            x = layer(x)  # [batch, w_dim]
+        for i in range(self.num_layers):
+            x = getattr(self, f"fc{i}")(x)  # [batch, w_dim]
         if update_w_avg is None:
             update_w_avg = self.training
         if update_w_avg and self.w_avg_beta is not None:
@@ -590,12 +591,11 @@ class SynthesisNetwork(nn.Module):
         self.img_channels = img_channels
         self.channels = channels_per_resolution(resolution, channel_base, channel_max)
         self.block_resolutions = sorted(self.channels)
-        self.blocks = nn.ModuleDict()
         self.num_ws = 0
-        for res in self.block_resolutions:
+        for res in self.block_resolutions:  # b4, b8, ..., NVlabs' names
             in_ch = self.channels[res // 2] if res > 4 else 0
             block = SynthesisBlock(in_ch, self.channels[res], w_dim, res, img_channels, conv_clamp=conv_clamp)
-            self.blocks[f"b{res}"] = block
+            setattr(self, f"b{res}", block)
             self.num_ws += block.num_conv
         self.num_ws += 1  # final toRGB
 
@@ -603,9 +603,15 @@ class SynthesisNetwork(nn.Module):
         self,
         ws: torch.Tensor,
         noise_mode: str = "random",
-        fused_modconv: bool = True,
+        fused_modconv: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
+        """ws [batch, num_ws, w_dim] (or w [batch, w_dim], broadcast) -> images [batch, C, res, res].
+
+        noise_mode: "random" (fresh noise, from `generator` when given), "const" (the stored
+        noise_const buffers) or "none". fused_modconv: see `Generator`; None picks it."""
+        if fused_modconv is None:
+            fused_modconv = (not self.training) and ws.is_cuda
         if ws.ndim == 2:  # [batch, w_dim] -> same w for every layer
             ws = ws.unsqueeze(1).expand(-1, self.num_ws, -1)
         if ws.shape[1:] != (self.num_ws, self.w_dim):
@@ -613,7 +619,7 @@ class SynthesisNetwork(nn.Module):
         x = img = None
         w_idx = 0
         for res in self.block_resolutions:
-            block = self.blocks[f"b{res}"]
+            block = getattr(self, f"b{res}")
             block_ws = ws[:, w_idx : w_idx + block.num_conv + 1]  # [batch, num_conv + 1, w_dim]
             x, img = block(x, img, block_ws, noise_mode, fused_modconv, generator)
             w_idx += block.num_conv
@@ -649,9 +655,9 @@ class Generator(nn.Module):
         self.w_dim = w_dim
         self.resolution = resolution
         self.img_channels = img_channels
-        self.synthesis_net = SynthesisNetwork(w_dim, resolution, img_channels, channel_base, channel_max, conv_clamp)
-        self.num_ws = self.synthesis_net.num_ws
-        self.mapping_net = MappingNetwork(
+        self.synthesis = SynthesisNetwork(w_dim, resolution, img_channels, channel_base, channel_max, conv_clamp)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(
             z_dim,
             w_dim,
             num_ws=self.num_ws,
@@ -659,29 +665,6 @@ class Generator(nn.Module):
             lr_mul=mapping_lr_mul,
             w_avg_beta=w_avg_beta,
         )
-
-    def mapping(
-        self,
-        z: torch.Tensor,
-        truncation_psi: float = 1.0,
-        truncation_cutoff: int | None = None,
-        update_w_avg: bool | None = None,
-        broadcast: bool = True,
-    ) -> torch.Tensor:
-        """z [batch, z_dim] -> ws [batch, num_ws, w_dim] (or w [batch, w_dim] if not broadcast)."""
-        return self.mapping_net(z, truncation_psi, truncation_cutoff, update_w_avg, broadcast)
-
-    def synthesis(
-        self,
-        ws: torch.Tensor,
-        noise_mode: str = "random",
-        fused_modconv: bool | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """ws [batch, num_ws, w_dim] (or w [batch, w_dim], broadcast) -> images [batch, C, res, res]."""
-        if fused_modconv is None:
-            fused_modconv = (not self.training) and ws.is_cuda
-        return self.synthesis_net(ws, noise_mode, fused_modconv, generator)
 
     def forward(
         self,
@@ -718,7 +701,7 @@ class DiscriminatorBlock(nn.Module):
         conv_clamp: float | None = None,
     ):
         super().__init__()
-        self.from_rgb = (
+        self.fromrgb = (
             EqualConv2d(img_channels, in_channels, 1, activation="lrelu", conv_clamp=conv_clamp) if from_rgb else None
         )
         self.conv0 = EqualConv2d(in_channels, in_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
@@ -728,8 +711,8 @@ class DiscriminatorBlock(nn.Module):
         self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False, down=2, gain=math.sqrt(0.5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.from_rgb is not None:
-            x = self.from_rgb(x)  # [b, img_channels, r, r] -> [b, in, r, r]
+        if self.fromrgb is not None:
+            x = self.fromrgb(x)  # [b, img_channels, r, r] -> [b, in, r, r]
         y = self.skip(x)  # [b, out, r/2, r/2]
         x = self.conv1(self.conv0(x))  # [b, out, r/2, r/2]
         return y + x
@@ -807,21 +790,21 @@ class Discriminator(nn.Module):
         self.img_channels = img_channels
         self.channels = channels_per_resolution(resolution, channel_base, channel_max)
         self.block_resolutions = sorted((r for r in self.channels if r > 4), reverse=True)
-        self.blocks = nn.ModuleDict()
-        for res in self.block_resolutions:
-            self.blocks[f"b{res}"] = DiscriminatorBlock(
+        for res in self.block_resolutions:  # b{resolution} .. b8, then the b4 epilogue: NVlabs' names
+            block = DiscriminatorBlock(
                 self.channels[res],
                 self.channels[res // 2],
                 img_channels,
                 from_rgb=(res == resolution),
                 conv_clamp=conv_clamp,
             )
+            setattr(self, f"b{res}", block)
         self.from_rgb4 = (
             EqualConv2d(img_channels, self.channels[4], 1, activation="lrelu", conv_clamp=conv_clamp)
             if resolution == 4
             else None
         )
-        self.epilogue = DiscriminatorEpilogue(self.channels[4], 4, mbstd_group, mbstd_channels, conv_clamp)
+        self.b4 = DiscriminatorEpilogue(self.channels[4], 4, mbstd_group, mbstd_channels, conv_clamp)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.shape[1:] != (self.img_channels, self.resolution, self.resolution):
@@ -833,5 +816,33 @@ class Discriminator(nn.Module):
         if self.from_rgb4 is not None:
             x = self.from_rgb4(x)
         for res in self.block_resolutions:
-            x = self.blocks[f"b{res}"](x)  # [b, c(res/2), res/2, res/2]
-        return self.epilogue(x)  # [b, 1]
+            x = getattr(self, f"b{res}")(x)  # [b, c(res/2), res/2, res/2]
+        return self.b4(x)  # [b, 1]
+
+
+# ----------------------------------------------------------------------------
+# State dicts written before the modules took NVlabs' names (facesem < 0.2).
+
+_LEGACY_PREFIXES = (
+    (re.compile(r"^synthesis_net\.blocks\.(b\d+)\."), r"synthesis.\1."),
+    (re.compile(r"^mapping_net\.layers\.(\d+)\."), r"mapping.fc\1."),
+    (re.compile(r"^mapping_net\."), "mapping."),
+    (re.compile(r"^blocks\.(b\d+)\.from_rgb\."), r"\1.fromrgb."),
+    (re.compile(r"^blocks\.(b\d+)\."), r"\1."),
+    (re.compile(r"^epilogue\."), "b4."),
+)
+
+
+def upgrade_legacy_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Generator or Discriminator state dict under the module names this file used before it
+    took NVlabs' (``synthesis_net.blocks.bR`` -> ``synthesis.bR``, ``mapping_net.layers.I`` ->
+    ``mapping.fcI``, D ``blocks.bR`` -> ``bR``, ``from_rgb`` -> ``fromrgb``, ``epilogue`` -> ``b4``);
+    a state dict already under the new names is returned unchanged. Values are not copied."""
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in _LEGACY_PREFIXES:
+            key, n = pattern.subn(replacement, key)
+            if n:
+                break
+        out[key] = value
+    return out

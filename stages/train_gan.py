@@ -22,6 +22,7 @@ from models.decorrelation import mean_abs_rho
 from models.gan_metrics import feature_statistics, frechet_distance, path_length, ppl_summary
 from models.gan_training import GANTrainer
 from models.linear_generator import LinearFaceGenerator
+from models.stylegan2 import upgrade_legacy_names
 from store.artifacts import open_store, write_json
 from store.checkpoints import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from store.datasets import load_images, resize_uint8, to_unit
@@ -183,8 +184,9 @@ def initial_state(params: Params, G, D, faces_hash: str) -> None:
             meta.get("faces_params_hash"),
             faces_hash,
         )
-    load_weights(G, {k: v.float() for k, v in state["G_ema"].items()}, init, f"StyleGAN2 G {wanted}")
-    load_weights(D, {k: v.float() for k, v in state["D"].items()}, init, f"StyleGAN2 D {wanted}")
+    for net, part in ((G, "G_ema"), (D, "D")):
+        weights = upgrade_legacy_names({k: v.float() for k, v in state[part].items()})
+        load_weights(net, weights, init, f"StyleGAN2 {part} {wanted}")
     log.info("initialised from %s (%s kimg)", init, meta.get("kimg"))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from models.linear_generator import LinearFaceGenerator
-from models.stylegan2 import Discriminator, Generator
+from models.stylegan2 import Discriminator, Generator, upgrade_legacy_names
 from store.checkpoints import CheckpointError, load_checkpoint, load_weights
 from support.params import GanParams
 
@@ -60,7 +60,7 @@ class LatentGenerator:
         """Weight [C, d] of the first layer that reads w (SeFa's A): the 4x4 conv's style affine for
         StyleGAN2, diag(scale) M (factors = f0 + scale * (M w)) for the linear generator."""
         if self.kind == "stylegan2":
-            affine = self.net.synthesis_net.blocks["b4"].conv1.affine
+            affine = self.net.synthesis.b4.conv1.affine
             return affine.weight.detach() * affine.weight_gain
         return self.net.directions * self.net.scale[:, None]
 
@@ -85,7 +85,8 @@ def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> L
     try:
         if kind == "stylegan2":
             net, _ = build_stylegan(meta["config"])
-            load_weights(net, {k: v.float() for k, v in state["G_ema"].items()}, weights, f"StyleGAN2 {meta['config']}")
+            g_ema = upgrade_legacy_names({k: v.float() for k, v in state["G_ema"].items()})
+            load_weights(net, g_ema, weights, f"StyleGAN2 {meta['config']}")
         elif kind == "linear":
             net = LinearFaceGenerator(
                 meta["config"]["w_dim"],

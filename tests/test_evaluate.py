@@ -158,7 +158,7 @@ def test_sefa_reads_the_first_style_affine_of_stylegan2():
         {"z_dim": 8, "w_dim": 8, "mapping_layers": 1, "resolution": 8, "channel_base": 64, "channel_max": 16}
     )
     a = LatentGenerator(G, "stylegan2", {}).first_modulation()
-    affine = G.synthesis_net.blocks["b4"].conv1.affine
+    affine = G.synthesis.b4.conv1.affine
     assert a.shape == (16, 8)
     w = torch.randn(3, 8)
     torch.testing.assert_close(affine(w) - affine(torch.zeros(1, 8)), w @ a.T)  # the linear part of w -> styles

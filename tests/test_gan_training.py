@@ -155,8 +155,8 @@ def test_gradient_isolation_of_decorrelation_loss():
         (g0, d0, s0), (g1, d1, s1) = grads[0.0], grads[5.0]
         assert s0["decorr"] == s1["decorr"] > 0 and s0["loss_G"] == s1["loss_G"]
         assert all(v is None for v in d0.values()) and all(v is None for v in d1.values())
-        synthesis = [n for n in g0 if n.startswith("synthesis_net.")]
-        mapping = [n for n in g0 if n.startswith("mapping_net.")]
+        synthesis = [n for n in g0 if n.startswith("synthesis.")]
+        mapping = [n for n in g0 if n.startswith("mapping.")]
         assert synthesis and mapping
         for n in synthesis:
             assert torch.equal(g0[n], g1[n]), n
@@ -199,7 +199,7 @@ def test_lazy_phases_run_on_schedule_and_ema_ramp():
     assert tr.nimg == 48 and tr.step_count == 6
     # After the first step (beta = 0) G_ema equalled G; it now lags behind G.
     assert any(not torch.equal(a, b) for a, b in zip(tr.G_ema.parameters(), tr.G.parameters()))
-    torch.testing.assert_close(tr.G_ema.mapping_net.w_avg, tr.G.mapping_net.w_avg)
+    torch.testing.assert_close(tr.G_ema.mapping.w_avg, tr.G.mapping.w_avg)
 
 
 def test_first_step_copies_g_into_ema():
@@ -263,12 +263,12 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
 def test_non_finite_loss_raises_floating_point_error():
     tr = make_trainer()
     with torch.no_grad():
-        tr.D.epilogue.out.bias.fill_(float("nan"))
+        tr.D.b4.out.bias.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="G adversarial"):
         tr.step(two_colour_images(8, torch.Generator().manual_seed(0)))
     tr = make_trainer()
     with torch.no_grad():
-        tr.G.mapping_net.layers[0].weight[0, 0] = float("inf")
+        tr.G.mapping.fc0.weight[0, 0] = float("inf")
     with pytest.raises(FloatingPointError):
         tr.step(two_colour_images(8, torch.Generator().manual_seed(0)))
 

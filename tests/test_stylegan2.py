@@ -74,8 +74,8 @@ def test_shapes(resolution):
     assert torch.isfinite(img).all() and torch.isfinite(logits).all()
     # Block channel counts follow min(channel_base // res, channel_max).
     ch = channels_per_resolution(resolution, 16 * resolution, 32)
-    assert G.synthesis_net.blocks[f"b{resolution}"].conv1.weight.shape[:2] == (ch[resolution], ch[resolution])
-    assert D.blocks[f"b{resolution}"].conv1.weight.shape[:2] == (ch[resolution // 2], ch[resolution])
+    assert getattr(G.synthesis, f"b{resolution}").conv1.weight.shape[:2] == (ch[resolution], ch[resolution])
+    assert getattr(D, f"b{resolution}").conv1.weight.shape[:2] == (ch[resolution // 2], ch[resolution])
     with pytest.raises(ValueError):
         G.synthesis(torch.randn(4, num_ws + 1, 24))
     with pytest.raises(ValueError):
@@ -364,5 +364,5 @@ def test_state_dicts_save_with_safetensors(tmp_path):
         loaded = safetensors_torch.load_file(str(path))
         assert set(loaded) == set(module.state_dict())
         module.load_state_dict(loaded)
-    assert "mapping_net.w_avg" in G.state_dict()
+    assert "mapping.w_avg" in G.state_dict()
     assert not any("resample_kernel" in k for k in G.state_dict())
