@@ -24,10 +24,22 @@ def stylegan_config(gan: GanParams) -> dict[str, int]:
     return {k: getattr(gan, k) for k in STYLEGAN_KEYS}
 
 
-def build_stylegan(config: dict[str, int]) -> tuple[Generator, Discriminator]:
-    G = Generator(**config)
+def build_stylegan(config: dict[str, Any]) -> tuple[Generator, Discriminator]:
+    """G and D for a config: STYLEGAN_KEYS (what train_gan's params set), plus what an imported
+    checkpoint may add (store.stylegan2_formats): conv_clamp, mapping_lr_mul, D's own
+    d_channel_base / d_channel_max / d_conv_clamp, mbstd_group, mbstd_channels."""
+    G = Generator(
+        **{k: config[k] for k in STYLEGAN_KEYS},
+        conv_clamp=config.get("conv_clamp"),
+        mapping_lr_mul=config.get("mapping_lr_mul", 0.01),
+    )
     D = Discriminator(
-        resolution=config["resolution"], channel_base=config["channel_base"], channel_max=config["channel_max"]
+        resolution=config["resolution"],
+        channel_base=config.get("d_channel_base", config["channel_base"]),
+        channel_max=config.get("d_channel_max", config["channel_max"]),
+        conv_clamp=config.get("d_conv_clamp", config.get("conv_clamp")),
+        mbstd_group=config.get("mbstd_group", 4),
+        mbstd_channels=config.get("mbstd_channels", 1),
     )
     return G, D
 
