@@ -189,6 +189,20 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_gan(args: argparse.Namespace) -> int:
+    from support.import_gan import import_generator
+
+    summary = import_generator(args.file, args.out)
+    print(
+        f"{summary['weights']}: {summary['format']} StyleGAN2, {summary['resolution']} px, z {summary['z_dim']}, "
+        f"w {summary['w_dim']} x {summary['num_ws']} layers, {summary['mapping_layers']} mapping layers"
+        + ("" if summary["has_D"] else ", no discriminator (use it as is: gan.kimg 0)")
+    )
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facesem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -269,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--zoom", type=POSITIVE_INT, default=3, help="nearest-neighbour upscaling of the PNG")
     p.set_defaults(func=cmd_edit)
+    p = sub.add_parser(
+        "import-gan",
+        help="convert a StyleGAN2 checkpoint (NVlabs .pkl, rosinality .pt) into DIR/generator.safetensors; "
+        "nothing in the file is executed",
+    )
+    p.add_argument("file", help="the checkpoint")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for generator.safetensors + .json, samples.png")
+    p.add_argument("--json", action="store_true", help="end with one JSON line (format, resolution, w_dim, ...)")
+    p.set_defaults(func=cmd_import_gan)
     return parser
 
 

@@ -79,6 +79,20 @@ def run(
         return result
     device = select_device(params.device)
     gen = load_generator(generator, device)
+    imported = gen.meta.get("init_format") in ("nvlabs", "rosinality")
+    if imported:  # the learned oracle knows only the synthetic faces: its numbers would mean nothing here
+        names = list(open_store(directions)["unit"].attrs["rows"])
+        result = {
+            "skipped": True,
+            "reason": f"the generator was imported ({gen.meta['init_format']} checkpoint): the learned oracle is "
+            "trained on the synthetic faces and cannot measure its faces; no semantic is measured (a landmark "
+            "oracle for real faces is planned)",
+            "measured": [],
+            "not_measured": names,
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(metrics, result)
+        return result
     store = open_store(directions)
     names = list(store["unit"].attrs["rows"])
     units, sigma = torch.from_numpy(store["unit"][:]), torch.from_numpy(store["sigma_w"][:])

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from store.artifacts import git_revision, open_store
+from store.datasets import resize_uint8
 from store.images import save_figure, save_grid
 from support.device import select_device
 from support.edit import edit_grid, load_direction
@@ -38,6 +40,7 @@ def read_csv(path: Path, index: str) -> pd.DataFrame | None:
     return pd.read_csv(path, index_col=index) if path.is_file() else None
 
 
+PAGE_SIDE = 128  # largest image side in the page's edit grids (bigger generations: a downsized copy)
 STORE_OF_STAGE = {"sample_latents": "latents.zarr", "decompose": "semantics.zarr"}  # time in the store's attrs
 
 
@@ -86,7 +89,11 @@ def univariate_edits(params: Params, data: Path, path: Path) -> list[str]:
         v, sigma = load_direction(data / "directions.zarr", name)
         rows.append(edit_grid(gen, v.float(), sigma, report_params.seeds, scales))
         labels += [f"{name} (seed {s})" for s in report_params.seeds]
-    save_grid(np.concatenate(rows), path, ncols=len(scales), scale=3)
+    grid = np.concatenate(rows)  # uint8 [rows * cols, 3, R, R] at the generator's resolution
+    if gen.resolution > PAGE_SIDE:  # the full-resolution grid beside the page; the page shows a downsized copy
+        save_grid(grid, path.with_name(f"{path.stem}_full.png"), ncols=len(scales))
+        grid = resize_uint8(torch.from_numpy(grid), PAGE_SIDE).numpy()
+    save_grid(grid, path, ncols=len(scales), scale=max(1, 96 // min(gen.resolution, PAGE_SIDE)))
     return labels
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.resize import resize
 from store.chunked import Mode, add_shard_args, run_chunked, shard_mode
 from store.images import signed_to_uint8
 from support.device import select_device
@@ -24,7 +25,7 @@ log = logging.getLogger("stages.sample_latents")
 
 
 def sample_chunk(gen: LatentGenerator, params: Params, k: int, device) -> dict[str, np.ndarray]:
-    """Chunk k: z [c, z_dim], w [c, w_dim], images uint8 [c, 3, r, r]."""
+    """Chunk k: z [c, z_dim], w [c, w_dim], images uint8 [c, 3, r, r] at `stored_resolution`."""
     lat = params.latents
     lo, hi = k * lat.chunk, min((k + 1) * lat.chunk, lat.n)
     z = torch.randn(hi - lo, gen.z_dim, generator=torch.Generator().manual_seed(lat.seed * 100003 + k))
@@ -34,12 +35,19 @@ def sample_chunk(gen: LatentGenerator, params: Params, k: int, device) -> dict[s
             zb = z[b : b + lat.batch_size].to(device)
             w = gen.mapping(zb, lat.truncation_psi)
             ws.append(w.cpu())
-            images.append(signed_to_uint8(gen.synthesis(w)))
+            images.append(signed_to_uint8(resize(gen.synthesis(w), stored_resolution(gen, params))))
     return {"z": z.numpy(), "w": torch.cat(ws).numpy(), "images": np.concatenate(images)}
 
 
+def stored_resolution(gen: LatentGenerator, params: Params) -> int:
+    """Generations are stored at the decomposer's input side (recon.resolution; area
+    downsampling, as the paper resized every generation to 64x64), or at the generator's
+    own when that is smaller."""
+    return min(gen.resolution, params.recon.resolution)
+
+
 def _layout(gen: LatentGenerator, params: Params):
-    lat, r = params.latents, gen.resolution
+    lat, r = params.latents, stored_resolution(gen, params)
 
     def layout(group) -> None:
         group.create_array("z", shape=(lat.n, gen.z_dim), chunks=(lat.chunk, gen.z_dim), dtype="float32")
@@ -56,7 +64,8 @@ def run(params: Params, generator: Path, out: Path, mode: Mode = None) -> None:
     attrs = {
         "generator_kind": gen.kind,
         "generator_params_hash": gen.meta.get("params_hash"),
-        "resolution": gen.resolution,
+        "resolution": stored_resolution(gen, params),
+        "generator_resolution": gen.resolution,
     }
     run_chunked(
         out,

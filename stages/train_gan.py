@@ -22,11 +22,12 @@ from models.decorrelation import mean_abs_rho
 from models.gan_metrics import feature_statistics, frechet_distance, path_length, ppl_summary
 from models.gan_training import GANTrainer
 from models.linear_generator import LinearFaceGenerator
-from models.stylegan2 import upgrade_legacy_names
+from models.stylegan2 import Discriminator, Generator
 from store.artifacts import open_store, write_json
-from store.checkpoints import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from store.checkpoints import CheckpointError, latest_checkpoint, load_weights, save_checkpoint
 from store.datasets import load_images, resize_uint8, to_unit
 from store.images import save_grid, signed_to_uint8
+from store.stylegan2_formats import read_stylegan2
 from support.device import select_device
 from support.distributed import (
     World,
@@ -156,38 +157,51 @@ def run_linear(params: Params, faces: Path, out: Path) -> dict:
     }
 
 
-def initial_state(params: Params, G, D, faces_hash: str) -> None:
-    """`gan.init` = a checkpoint path: start G, G_ema and D from its weights."""
-    init = params.gan.init
-    if init == "scratch":
-        return
+def initial_networks(params: Params, faces_hash: str) -> tuple[Generator, Discriminator, dict, str | None]:
+    """G and D to train from: new (`gan.init: scratch`, architecture from the gan section) or
+    from the checkpoint `gan.init` names: an NVlabs .pkl, a rosinality .pt or a facesem
+    generator.safetensors (store.stylegan2_formats), whose architecture is read from the file.
+
+    Returns (G, D, config, format of the init file or None). Raises CheckpointError /
+    FileNotFoundError prefixed with `gan.init`, and ValueError for a training snapshot, or for a
+    file without a discriminator when gan.kimg > 0 (such a generator can only be used as is).
+    """
+    gan = params.gan
+    if gan.init == "scratch":
+        config = stylegan_config(gan)
+        return *build_stylegan(config), config, None
     try:
-        state, meta = load_checkpoint(Path(init))
+        imported = read_stylegan2(Path(gan.init))
     except (CheckpointError, FileNotFoundError) as err:
         raise type(err)(f"gan.init: {err}") from None
-    wanted = stylegan_config(params.gan)
-    if meta.get("config") != wanted:
-        raise ValueError(
-            f"gan.init {init} holds a generator with config {meta.get('config')}; params ask "
-            f"for {wanted}: match the gan section to it, or set gan.init: scratch"
+    config = imported.config
+    ours = stylegan_config(gan)
+    differs = {k: (ours[k], config[k]) for k in ours if config.get(k) != ours[k]}
+    if differs:
+        log.info(
+            "gan.init %s: the architecture comes from the file (%s format); the gan section's %s are not used",
+            gan.init,
+            imported.format,
+            ", ".join(f"{k} {a} (file: {b})" for k, (a, b) in differs.items()),
         )
-    if "G_ema" not in state or "D" not in state:
-        raise ValueError(
-            f"gan.init {init} is not an exported G_ema + D checkpoint (it holds {sorted(state)}: "
-            "a training snapshot?); point it at the generator.safetensors that train_gan "
-            "exports at the end of a run (data/gan/)"
-        )
-    if meta.get("faces_params_hash") not in (None, faces_hash):
+    if imported.format == "facesem" and imported.source.get("faces_params_hash") not in (None, faces_hash):
         log.warning(
             "gan.init %s was trained on faces data with params hash %s; today's data has %s",
-            init,
-            meta.get("faces_params_hash"),
+            gan.init,
+            imported.source.get("faces_params_hash"),
             faces_hash,
         )
-    for net, part in ((G, "G_ema"), (D, "D")):
-        weights = upgrade_legacy_names({k: v.float() for k, v in state[part].items()})
-        load_weights(net, weights, init, f"StyleGAN2 {part} {wanted}")
-    log.info("initialised from %s (%s kimg)", init, meta.get("kimg"))
+    if imported.D is None and gan.kimg > 0:
+        raise ValueError(
+            f"gan.init {gan.init} ({imported.format}) holds no discriminator, so it cannot be trained further: "
+            "use it as is with gan.kimg: 0, or give a checkpoint that has D (an NVlabs .pkl, a facesem export)"
+        )
+    G, D = build_stylegan(config)
+    load_weights(G, imported.G_ema, gan.init, f"StyleGAN2 G_ema {config}")
+    if imported.D is not None:
+        load_weights(D, imported.D, gan.init, f"StyleGAN2 D {config}")
+    log.info("initialised from %s (%s format, %s kimg)", gan.init, imported.format, imported.source.get("kimg"))
+    return G, D, config, imported.format
 
 
 def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: World | None = None) -> dict:
@@ -198,7 +212,9 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
     if gan.batch_size % world.size:
         raise ValueError(f"gan.batch_size {gan.batch_size} must be divisible by the {world.size} ranks")
     rank_batch = gan.batch_size // world.size
-    reals, faces_attrs = load_images(faces, gan.resolution)
+    faces_hash = open_store(faces).attrs["params_hash"]
+    G, D, config, init_format = initial_networks(params, faces_hash)
+    reals, faces_attrs = load_images(faces, config["resolution"])
     run = TrainingRun(
         "train_gan",
         run_dir,
@@ -206,9 +222,6 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
         world,
         gan.keep_checkpoints,
     )
-    config = stylegan_config(gan)
-    G, D = build_stylegan(config)
-    initial_state(params, G, D, faces_attrs["params_hash"])
     G, D = G.to(device), D.to(device)
     broadcast_parameters(G, D)  # identical replicas (no-op in one process)
     trainer = GANTrainer(
@@ -242,7 +255,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
     barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = run.read_curves("curves.csv", "kimg", shown / 1000)
-    z_grid = grid_latents(params, gan.z_dim, device)
+    z_grid = grid_latents(params, config["z_dim"], device)
     meta_base = {
         "kind": "stylegan2",
         "config": config,
@@ -250,6 +263,7 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
         **run.meta,
         "faces_params_hash": faces_attrs["params_hash"],
         "init": gan.init,
+        "init_format": init_format,
         "device": str(device),
         "torch": torch.__version__,
     }
@@ -309,9 +323,10 @@ def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: W
     if not world.main:
         return {}
     G_ema, D = trainer.G_ema, trainer.D
+    dtype = torch.float32 if init_format in ("nvlabs", "rosinality") else torch.float16  # imported: exact
     export_state = {
-        "G_ema": {k: v.half() for k, v in G_ema.state_dict().items()},
-        "D": {k: v.half() for k, v in D.state_dict().items()},
+        "G_ema": {k: v.to(dtype) for k, v in G_ema.state_dict().items()},
+        "D": {k: v.to(dtype) for k, v in D.state_dict().items()},
     }
     with torch.no_grad():
         samples = G_ema.synthesis(G_ema.mapping(z_grid, broadcast=False, update_w_avg=False), noise_mode="const")

@@ -107,9 +107,9 @@ class Batches:
 
     @torch.no_grad()
     def synthesize(self, w: torch.Tensor) -> torch.Tensor:
-        """G(w) at the decomposer's resolution, in [-1, 1], quantised to 8 bits first exactly as
-        sample_latents stores the generations that decompose reads (the same inputs in both)."""
-        return resize(quantize_signed(self.gen.synthesis(w)), self.r)
+        """G(w) at the decomposer's resolution (area downsampling), in [-1, 1], quantised to 8 bits
+        exactly as sample_latents stores the generations that decompose reads (the same inputs)."""
+        return quantize_signed(resize(self.gen.synthesis(w), self.r))
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.gen is not None:

@@ -384,12 +384,17 @@ def read_stylegan2(path: str | Path) -> Imported:
     if kind == "rosinality":
         return _read_rosinality(path)
     state, meta = load_checkpoint(path)
-    if meta.get("kind") != "stylegan2" or "G_ema" not in state:
+    if "G_ema" not in state:
+        raise CheckpointError(
+            f"{path}: not an exported G_ema + D checkpoint (it holds {sorted(state)}: a training snapshot?); "
+            "point it at the generator.safetensors that train_gan exports at the end of a run (data/gan/)"
+        )
+    if meta.get("kind") != "stylegan2":
         raise CheckpointError(f"{path}: a facesem generator of kind {meta.get('kind')!r}; only stylegan2 imports")
     return Imported(
         "facesem",
         dict(meta["config"]),
         upgrade_legacy_names({k: v.float() for k, v in state["G_ema"].items()}),
         upgrade_legacy_names({k: v.float() for k, v in state["D"].items()}) if "D" in state else None,
-        {"networks": sorted(state), "kimg": meta.get("kimg")},
+        {"networks": sorted(state), "kimg": meta.get("kimg"), "faces_params_hash": meta.get("faces_params_hash")},
     )

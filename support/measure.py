@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from models.resize import resize
 from store.images import signed_to_uint8
 from support.generators import LatentGenerator
 from support.oracle import load_oracle, predict
@@ -26,9 +27,10 @@ class Measure:
 
     @torch.no_grad()
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        r = self.oracle.resolution  # generations area-downsampled to the oracle's input side
         images = torch.cat(
             [
-                torch.from_numpy(signed_to_uint8(self.gen.synthesis(w[b : b + self.batch].to(self.device))))
+                torch.from_numpy(signed_to_uint8(resize(self.gen.synthesis(w[b : b + self.batch].to(self.device)), r)))
                 for b in range(0, len(w), self.batch)
             ]
         )

@@ -177,6 +177,5 @@ def test_a_truncated_gan_init_names_the_key_and_the_file(exported, tmp_path):
     _damage(init, "truncated")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["device"], raw["gan"]["init"] = "cpu", str(init)
-    G, D = train_gan.build_stylegan(train_gan.stylegan_config(parse_params(raw).gan))
     with pytest.raises(CheckpointError, match=r"gan\.init: checkpoint weights .*init\.safetensors cannot be read"):
-        train_gan.initial_state(parse_params(raw), G, D, "hash")
+        train_gan.initial_networks(parse_params(raw), "hash")

@@ -108,6 +108,17 @@ socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory):
     """A git + DVC copy of the project's tracked and unignored files, with tiny params."""
+    root, env, guard = copy_project(tmp_path_factory.mktemp("repo"), TINY)
+    yield root, env
+    log = guard / "attempts.log"
+    assert not log.exists(), f"a process tried to reach the network:\n{log.read_text()}"
+    # the ephemeral Prefect server is a child of each flow process and exits with it
+
+
+def copy_project(root: Path, params: dict, files_in: dict[str, Path] | None = None):
+    """Copy the project's tracked and unignored files into `root` (plus `files_in`: {relative
+    path: source file}), set `params`, make it a git repo; every process started with the
+    returned env refuses network access (logged in guard/attempts.log). Returns (root, env, guard)."""
     src = Path(__file__).resolve().parent.parent
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
@@ -116,14 +127,16 @@ def tiny_repo(tmp_path_factory):
         text=True,
         check=True,
     ).stdout.split("\0")
-    root = tmp_path_factory.mktemp("repo")
     for rel in filter(None, files):
         if (src / rel).is_file() and (
-            not rel.startswith("data/") or rel == "data/raw/README.md" or rel.startswith("data/shipped/")
+            not rel.startswith("data/") or rel.endswith("README.md") or rel.startswith("data/shipped/")
         ):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, root / rel)
-    _set_params(root, TINY)
+    for rel, source in (files_in or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, root / rel)
+    _set_params(root, params)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_"))}
     env.update(environment_defaults(root))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
@@ -145,10 +158,7 @@ def tiny_repo(tmp_path_factory):
         ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"],
     ):
         _run(cmd, root, env)
-    yield root, env
-    log = guard / "attempts.log"
-    assert not log.exists(), f"a process tried to reach the network:\n{log.read_text()}"
-    # the ephemeral Prefect server is a child of each flow process and exits with it
+    return root, env, guard
 
 
 def _dvc(root, env, *args):

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from stages import train_gan
 from store.checkpoints import save_checkpoint
-from support.generators import build_stylegan, load_generator, stylegan_config
+from support.generators import load_generator, stylegan_config
 from support.params import load_params, parse_params
 
 
@@ -46,29 +46,30 @@ def test_shipped_generator_generates_and_initialises_training(shipped):
     with torch.no_grad():
         images = gen.synthesis(gen.mapping(torch.randn(4, gen.z_dim, generator=torch.Generator().manual_seed(0))))
     assert images.shape == (4, 3, 32, 32) and torch.isfinite(images).all() and images.std() > 0.05
-    G, D = build_stylegan(stylegan_config(params.gan))
-    train_gan.initial_state(params, G, D, params.section_hash("data"))
+    G, D, config, init_format = train_gan.initial_networks(params, params.section_hash("data"))
+    assert config == {**stylegan_config(params.gan), **config} and init_format == "facesem"
     exported = gen.net.state_dict()
     for name, value in G.state_dict().items():  # G starts as the shipped G_ema
         torch.testing.assert_close(value, exported[name].float().to(value.dtype), msg=name)
 
 
-def test_init_refuses_another_architecture_or_a_snapshot_and_warns_on_other_data(repo_root, shipped, caplog, tmp_path):
+def test_init_reads_the_architecture_from_the_file_refuses_a_snapshot_and_warns_on_other_data(
+    repo_root, shipped, caplog, tmp_path
+):
     params, weights, _ = shipped
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
-    raw["gan"].update(init=str(weights), channel_max=64)
-    small = parse_params(raw)
-    G, D = build_stylegan(stylegan_config(small.gan))
-    with pytest.raises(ValueError, match="gan.init .* holds a generator with config"):
-        train_gan.initial_state(small, G, D, small.section_hash("data"))
-    G, D = build_stylegan(stylegan_config(params.gan))
+    raw["gan"].update(init=str(weights), channel_max=64)  # the file's architecture wins over the gan section
+    with caplog.at_level(logging.INFO, logger="stages.train_gan"):
+        G, _, config, _ = train_gan.initial_networks(parse_params(raw), params.section_hash("data"))
+    assert config["channel_max"] == params.gan.channel_max and "channel_max 64 (file: 128)" in caplog.text
     meta = json.loads(weights.with_suffix(".json").read_text())  # a training snapshot of the right config
     snapshot = save_checkpoint(tmp_path, 1, {"trainer": {"nimg": torch.tensor(1)}}, meta)
     raw["gan"].update(init=str(snapshot), channel_max=params.gan.channel_max)
-    with pytest.raises(ValueError, match="not an exported G_ema \\+ D checkpoint .*'trainer'.*data/gan/"):
-        train_gan.initial_state(parse_params(raw), G, D, params.section_hash("data"))
+    with pytest.raises(ValueError, match="gan.init: .*not an exported G_ema \\+ D checkpoint .*'trainer'.*data/gan/"):
+        train_gan.initial_networks(parse_params(raw), params.section_hash("data"))
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="stages.train_gan"):
-        train_gan.initial_state(params, G, D, "0000000000000000")
+        train_gan.initial_networks(params, "0000000000000000")
     assert "was trained on faces data with params hash" in caplog.text
 
 

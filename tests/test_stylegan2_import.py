@@ -169,3 +169,44 @@ def test_unsupported_files_fail_before_any_work_naming_what_was_found(tmp_path, 
         path.write_bytes(b"GIF89a not a checkpoint")
     with pytest.raises(CheckpointError, match=re.escape(fragment)):
         read_stylegan2(path)
+
+
+def test_import_gan_writes_a_generator_the_pipeline_loads(tmp_path):
+    import subprocess
+    import sys
+
+    from support.generators import load_generator
+
+    g, d, config, io = _nvlabs("nvlabs_32")
+    pkl = write_nvlabs_pickle(tmp_path / "ffhq.pkl", g, d, config)
+    out = tmp_path / "imported"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "import-gan", str(pkl), "--out", str(out), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["format"] == "nvlabs" and summary["has_D"]
+    assert {k: summary[k] for k in ("resolution", "w_dim", "num_ws", "mapping_layers")} == {
+        "resolution": 32,
+        "w_dim": 256,
+        "num_ws": 8,
+        "mapping_layers": 8,
+    }
+    assert (out / "samples.png").is_file()
+    gen = load_generator(out / "generator.safetensors")
+    with torch.no_grad():
+        w = gen.mapping(io["z"], 1.0)  # [4, w_dim]: one w per image, broadcast to every layer
+        _close(w, io["ws"][:, 0], "w")
+        _close(gen.synthesis(w), io["img_const_noise"], "images through load_generator")
+    bad = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "import-gan", str(tmp_path / "missing.pkl"), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "missing.pkl not found" in bad.stderr

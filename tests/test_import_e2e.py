@@ -1,0 +1,83 @@
+"""Bring your own StyleGAN2, end to end: a random-weight NVlabs-layout 256 px generator (small
+widths) as a .pkl in data/pretrained, `gan.init` pointing at it with `gan.kimg: 0`, and
+`dvc repro` runs every stage on it at its own resolution."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.stylegan2 import Discriminator, Generator
+from store.artifacts import open_store
+from tests.nvlabs_pickle import write_nvlabs_pickle
+from tests.test_pipeline_e2e import STAGES, TINY, _run, copy_project
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "G": {
+        "z_dim": 32,
+        "c_dim": 0,
+        "w_dim": 32,
+        "img_resolution": 256,
+        "img_channels": 3,
+        "mapping_kwargs": {"num_layers": 2},
+        "synthesis_kwargs": {"channel_base": 1024, "channel_max": 16, "num_fp16_res": 0, "conv_clamp": 256},
+    },
+    "D": {
+        "c_dim": 0,
+        "img_resolution": 256,
+        "img_channels": 3,
+        "channel_base": 1024,
+        "channel_max": 16,
+        "conv_clamp": 256,
+        "epilogue_kwargs": {"mbstd_group_size": 4},
+    },
+}
+
+
+def _random_256_pickle(path):
+    torch.manual_seed(0)
+    G = Generator(32, 32, 2, 256, 1024, 16, conv_clamp=256)
+    D = Discriminator(256, 1024, 16, conv_clamp=256)
+    with torch.no_grad():  # noise strengths and w_avg away from their zero init, as a trained net's are
+        for name, value in G.named_parameters():
+            if name.endswith("noise_strength"):
+                value.fill_(0.1)
+        G.mapping.w_avg.normal_()
+    return write_nvlabs_pickle(path, G.state_dict(), D.state_dict(), CONFIG)
+
+
+def test_a_256px_nvlabs_pickle_runs_through_every_stage(tmp_path_factory):
+    work = tmp_path_factory.mktemp("import256")
+    pkl = _random_256_pickle(work / "tiny256.pkl")
+    params = {
+        **TINY,
+        "gan": {**TINY["gan"], "init": "data/pretrained/tiny256.pkl", "kimg": 0},
+        "recon": {**TINY["recon"], "resolution": 16},
+    }
+    root, env, guard = copy_project(work / "repo", params, {"data/pretrained/tiny256.pkl": pkl})
+    proc = _run([sys.executable, "-m", "dvc", "repro"], root, env)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in proc.stdout, stage
+    data = root / "data"
+    gen_meta = json.loads((data / "gan" / "generator.json").read_text())
+    assert gen_meta["config"]["resolution"] == 256 and gen_meta["init_format"] == "nvlabs"
+    assert gen_meta["config"]["conv_clamp"] == 256 and gen_meta["config"]["w_dim"] == 32
+    latents = open_store(data / "latents.zarr")
+    assert latents["images"].shape == (TINY["latents"]["n"], 3, 16, 16)  # stored at recon.resolution
+    assert latents.attrs["generator_resolution"] == 256
+    assert open_store(data / "semantics.zarr")["semantics"].shape == (TINY["latents"]["n"], 14)
+    evaluate = json.loads((data / "metrics" / "evaluate.json").read_text())
+    assert evaluate["skipped"] and "imported" in evaluate["reason"] and evaluate["measured"] == []
+    report = data / "report"
+    full = Image.open(report / "univariate_edits_full.png")
+    page = Image.open(report / "univariate_edits.png")
+    assert full.height >= 256 and page.width < full.width  # edits at 256 px; the page shows a downsized copy
+    assert np.asarray(full).std() > 0
+    assert not (guard / "attempts.log").exists()
