@@ -846,3 +846,30 @@ def upgrade_legacy_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
                 break
         out[key] = value
     return out
+
+
+def with_resample_filters(state: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
+    """A G ("G") or D ("D") state dict plus the `resample_filter` buffers NVlabs' modules register
+    (the [1, 3, 3, 1] FIR, here a constant), so that NVlabs' `load_state_dict` takes it as is:
+    G on every synthesis block and its conv0 / conv1; D on every block above 4 px and its
+    fromrgb / conv0 / conv1 / skip, and on the epilogue's conv (b4.conv)."""
+    if kind not in ("G", "D"):
+        raise ValueError(f"kind must be 'G' or 'D', got {kind!r}")
+    filt = fir_kernel()
+    out = dict(state)
+    pattern = (
+        re.compile(r"^(synthesis\.b\d+)(\.conv[01])?\.weight$")
+        if kind == "G"
+        else re.compile(r"^(b\d+)(\.(?:fromrgb|conv0|conv1|skip|conv))?\.weight$")
+    )
+    for key in state:
+        match = pattern.match(key)
+        if match is None:
+            continue
+        block, layer = match.group(1), match.group(2) or ""
+        if kind == "D" and block == "b4" and layer != ".conv":
+            continue
+        out[f"{block}{layer}.resample_filter"] = filt.clone()
+        if kind == "G" or block != "b4":
+            out[f"{block}.resample_filter"] = filt.clone()
+    return out

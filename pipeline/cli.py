@@ -190,13 +190,32 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_import_gan(args: argparse.Namespace) -> int:
-    from support.import_gan import import_generator
+    from support.interchange import import_generator
 
     summary = import_generator(args.file, args.out)
     print(
         f"{summary['weights']}: {summary['format']} StyleGAN2, {summary['resolution']} px, z {summary['z_dim']}, "
         f"w {summary['w_dim']} x {summary['num_ws']} layers, {summary['mapping_layers']} mapping layers"
         + ("" if summary["has_D"] else ", no discriminator (use it as is: gan.kimg 0)")
+    )
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_export_gan(args: argparse.Namespace) -> int:
+    from support.interchange import export_generator
+
+    root = project_root()
+    summary = export_generator(
+        root / args.generator,
+        args.out,
+        None if args.no_directions else root / args.directions,
+        None if args.no_directions else root / args.components,
+    )
+    print(
+        f"{args.out}: {', '.join(summary['files'])} ({summary['resolution']} px, w {summary['w_dim']}; "
+        f"{summary['directions']} directions, {summary['components']} components)"
     )
     if args.json:
         print(json.dumps(summary))
@@ -292,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for generator.safetensors + .json, samples.png")
     p.add_argument("--json", action="store_true", help="end with one JSON line (format, resolution, w_dim, ...)")
     p.set_defaults(func=cmd_import_gan)
+    p = sub.add_parser(
+        "export-gan",
+        help="write the generator (and D) under NVlabs' key names + config.json, and the directions and "
+        "components as .npy unit vectors [k, w_dim] + .json (names, sigma_w)",
+    )
+    p.add_argument("--generator", default="data/gan/generator.safetensors")
+    p.add_argument("--directions", default="data/directions.zarr")
+    p.add_argument("--components", default="data/components.zarr")
+    p.add_argument("--no-directions", action="store_true", help="the networks only")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--json", action="store_true", help="end with one JSON line (files, resolution, w_dim, counts)")
+    p.set_defaults(func=cmd_export_gan)
     return parser
 
 

@@ -210,3 +210,62 @@ def test_import_gan_writes_a_generator_the_pipeline_loads(tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "missing.pkl not found" in bad.stderr
+
+
+def test_export_gives_nvlabs_state_dicts_and_a_lossless_round_trip(tmp_path):
+    from support.generators import load_generator
+    from support.interchange import export_generator, import_generator
+
+    g, d, config, io = _nvlabs("nvlabs_32")
+    import_generator(write_nvlabs_pickle(tmp_path / "a.pkl", g, d, config), tmp_path / "ours")
+    summary = export_generator(tmp_path / "ours" / "generator.safetensors", tmp_path / "nv")
+    assert summary["files"] == ["G_ema.safetensors", "D.safetensors", "config.json"]
+    for part, ref in (("G_ema", g), ("D", d)):  # NVlabs' own key set, values as read
+        exported = load_file(tmp_path / "nv" / f"{part}.safetensors")
+        assert set(exported) == set(ref), set(exported) ^ set(ref)
+        for key, value in ref.items():
+            assert torch.equal(exported[key], value.float()), key
+    exported_config = json.loads((tmp_path / "nv" / "config.json").read_text())
+    for net in ("G", "D"):
+        for key, value in config[net].items():
+            if isinstance(value, dict):
+                assert {k: exported_config[net][key].get(k) for k in value} == value, (net, key)
+            else:
+                assert exported_config[net][key] == value, (net, key)
+    # project -> NVlabs layout -> project: identical images
+    back = write_nvlabs_pickle(
+        tmp_path / "b.pkl",
+        load_file(tmp_path / "nv" / "G_ema.safetensors"),
+        load_file(tmp_path / "nv" / "D.safetensors"),
+        exported_config,
+    )
+    import_generator(back, tmp_path / "again")
+    first, second = (load_generator(tmp_path / f / "generator.safetensors") for f in ("ours", "again"))
+    with torch.no_grad():
+        w = first.mapping(io["z"], 0.7)
+        assert torch.equal(first.synthesis(w), second.synthesis(second.mapping(io["z"], 0.7)))
+
+
+def test_export_writes_directions_as_plain_unit_vectors(tmp_path):
+    import numpy as np
+
+    from store.artifacts import write_store
+    from support.interchange import export_generator
+
+    g, d, config, _ = _nvlabs("nvlabs_32")
+    from support.interchange import import_generator
+
+    import_generator(write_nvlabs_pickle(tmp_path / "a.pkl", g, d, config), tmp_path / "ours")
+    units = torch.nn.functional.normalize(torch.randn(3, 256), dim=1).numpy()
+    with write_store(tmp_path / "directions.zarr", "regress", {}, "h") as group:
+        group.create_array("unit", data=units)
+        group.create_array("sigma_w", data=np.array([0.5, 1.0, 2.0], np.float32))
+        group["unit"].attrs["rows"] = ["yaw", "pitch", "roll"]
+    summary = export_generator(
+        tmp_path / "ours" / "generator.safetensors", tmp_path / "nv", tmp_path / "directions.zarr", tmp_path / "none"
+    )
+    assert summary["directions"] == 3 and summary["components"] == 0
+    saved = np.load(tmp_path / "nv" / "directions.npy")
+    assert saved.shape == (3, 256) and np.allclose(saved, units) and np.allclose(np.linalg.norm(saved, axis=1), 1)
+    info = json.loads((tmp_path / "nv" / "directions.json").read_text())
+    assert info["names"] == ["yaw", "pitch", "roll"] and info["sigma_w"] == [0.5, 1.0, 2.0]
