@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from store.artifacts import open_store
 from store.checkpoints import latest_checkpoint, load_checkpoint
 from support.generators import load_generator
 from support.params import parse_params
+from tests.conftest import REPO
 
 
 def tiny(repo_root, **gan):
@@ -303,3 +305,58 @@ def test_a_run_killed_with_sigkill_resumes_through_dvc_repro_and_matches(repo_ro
     a, b = _weights(root / "data" / "gan"), _weights(tmp_path / "ref")
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
+
+
+def _tiny_nvlabs_pickle(path):
+    from models.stylegan2 import Discriminator, Generator
+    from tests.nvlabs_pickle import write_nvlabs_pickle
+
+    torch.manual_seed(3)
+    G, D = Generator(16, 16, 2, 16, 128, 16), Discriminator(16, 128, 16)
+    synthesis = {"channel_base": 128, "channel_max": 16, "num_fp16_res": 0, "conv_clamp": None}
+    config = {
+        "G": {
+            "z_dim": 16,
+            "c_dim": 0,
+            "w_dim": 16,
+            "img_resolution": 16,
+            "img_channels": 3,
+            "mapping_kwargs": {"num_layers": 2},
+            "synthesis_kwargs": synthesis,
+        },
+        "D": {"c_dim": 0, "img_resolution": 16, "img_channels": 3, "channel_base": 128, "channel_max": 16},
+    }
+    return write_nvlabs_pickle(path, G.state_dict(), D.state_dict(), config), G.state_dict()
+
+
+def test_an_imported_nvlabs_gan_is_fine_tuned_with_decorrelation(repo_root, faces_store, tmp_path, monkeypatch):
+    """gan.init = an NVlabs .pkl, gan.kimg > 0: G, G_ema and D start from the file's, training,
+    EMA, Eq. 1 and resume work as for the project's own checkpoints."""
+    pkl, start = _tiny_nvlabs_pickle(tmp_path / "ffhq_tiny.pkl")
+    params = tiny(repo_root, init=str(pkl), kimg=0.032, z_dim=8, w_dim=8)  # z/w from the file, not these
+    result = train_gan.run(params, faces_store, tmp_path / "o", tmp_path / "run", tmp_path / "m.json")
+    assert result["kimg"] == pytest.approx(0.032) and result["mean_abs_rho"] > 0
+    meta = json.loads((tmp_path / "o" / "generator.json").read_text())
+    assert meta["init_format"] == "nvlabs" and meta["config"]["w_dim"] == 16
+    tuned = _weights(tmp_path / "o")
+    assert tuned["synthesis.b16.torgb.bias"].dtype == torch.float32  # an imported net is exported exactly
+    assert not torch.equal(tuned["mapping.fc0.weight"], start["mapping.fc0.weight"])  # trained
+    counted = _count_steps(monkeypatch, GANTrainer.step)  # a longer budget resumes that run
+    train_gan.run(
+        tiny(repo_root, init=str(pkl), kimg=0.048, z_dim=8, w_dim=8),
+        faces_store,
+        tmp_path / "o",
+        tmp_path / "run",
+        tmp_path / "m.json",
+    )
+    assert counted == [4, 5]
+
+
+def test_a_file_without_discriminator_can_only_be_used_as_is(repo_root, faces_store, tmp_path):
+    rosinality = REPO.parent / "shared" / "fixtures" / "stylegan2" / "rosinality_16.pt"
+    if not rosinality.is_file():
+        pytest.skip("../shared fixtures not present")
+    with pytest.raises(ValueError, match=r"holds no discriminator.*gan\.kimg: 0"):
+        train_gan.run(
+            tiny(repo_root, init=str(rosinality)), faces_store, tmp_path / "o", tmp_path / "r", tmp_path / "m.json"
+        )
