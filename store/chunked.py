@@ -57,12 +57,16 @@ def run_chunked(
         group.create_array("chunk_seconds", shape=(count,), dtype="float32", fill_value=0.0)
 
     def write(group: zarr.Group, chunks) -> None:
-        for k in tqdm(chunks, desc=stage, unit="chunk"):
-            started = time.perf_counter()
-            for name, values in fill(k).items():
-                group[name][k * chunk : k * chunk + len(values)] = values
-            group["chunk_seconds"][k] = time.perf_counter() - started
-            group["written"][k] = True
+        chunks = list(chunks)
+        total = sum(min(chunk, n - k * chunk) for k in chunks)
+        with tqdm(total=total, desc=stage, unit="img") as bar:  # samples/s and ETA, chunk by chunk
+            for k in chunks:
+                started = time.perf_counter()
+                for name, values in fill(k).items():
+                    group[name][k * chunk : k * chunk + len(values)] = values
+                group["chunk_seconds"][k] = time.perf_counter() - started
+                group["written"][k] = True
+                bar.update(min(chunk, n - k * chunk))
 
     def record_seconds(group: zarr.Group) -> None:  # summed over chunks: worker-seconds when sharded
         group.attrs["seconds"] = round(float(group["chunk_seconds"][:].sum()), 2)
