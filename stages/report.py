@@ -212,6 +212,9 @@ def run(params: Params, data: Path, out: Path) -> dict:
         )
         diag = pd.DataFrame({"r": [table2.loc[n, n] for n in table2.index]}, index=table2.index)
         summary.append("## Table 2 (diagonal)\n\n" + markdown_table(diag))
+    elif ev.get("skipped"):
+        t2.warning(f"Not measured: {ev.get('reason', 'evaluate was skipped')}.")
+        summary.append(f"## Table 2\n\nNot measured: {ev.get('reason', 'evaluate was skipped')}.")
     else:
         t2.text("missing: data/evaluate/table2.csv")
     if "linear_recovery_cos" in ev:

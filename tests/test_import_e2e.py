@@ -80,4 +80,5 @@ def test_a_256px_nvlabs_pickle_runs_through_every_stage(tmp_path_factory):
     page = Image.open(report / "univariate_edits.png")
     assert full.height >= 256 and page.width < full.width  # edits at 256 px; the page shows a downsized copy
     assert np.asarray(full).std() > 0
+    assert "Not measured: the generator was imported" in (report / "index.html").read_text()
     assert not (guard / "attempts.log").exists()
