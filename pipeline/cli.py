@@ -17,6 +17,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pipeline  # noqa: F401  (sets DVC/Prefect environment defaults first)
 from support.project import project_root
@@ -222,6 +223,17 @@ def cmd_export_gan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    from tools.align import align_photos
+
+    done = align_photos(args.inputs, Path(args.out), args.size, args.all_faces)
+    print(
+        f"{args.out}: {done['aligned']} aligned faces from {done['photos']} photos, {done['skipped']} skipped "
+        f"(reasons in {done['report']})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facesem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -323,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--json", action="store_true", help="end with one JSON line (files, resolution, w_dim, counts)")
     p.set_defaults(func=cmd_export_gan)
+    p = sub.add_parser(
+        "align", help="FFHQ-align photos (dlib 68 landmarks): IN... -> OUT/<name>.png + align_report.csv"
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="photos or folders of photos")
+    p.add_argument("out", metavar="OUT", help="output folder")
+    p.add_argument("--size", type=POSITIVE_INT, default=256, help="output side in px (default 256)")
+    p.add_argument("--all-faces", action="store_true", help="every face of a photo (default: the largest)")
+    p.set_defaults(func=cmd_align)
     return parser
 
 

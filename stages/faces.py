@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from models import faces as face_model
 from store.artifacts import write_json, write_store
-from store.images import Skipped, find_images, load_face_image, to_uint8
+from store.images import Skipped, find_images, load_face_image, read_photo, to_uint8
 from support.device import select_device
+from support.landmarks import LandmarkDetector, aligned_faces
 from support.params import Params
 from support.stage import stage_args
 
@@ -101,17 +102,17 @@ def ingest_folder(params: Params, out: Path) -> tuple[dict, list[Skipped]]:
     data_params = params.data
     files = find_images(data_params.path)
     kept, skipped = [], []
+    background = tuple(data_params.alpha_background or (0, 0, 0))
+    detector = LandmarkDetector() if data_params.align == "ffhq" else None
     for path in tqdm(files, desc="ingest", unit="file"):
         try:
-            kept.append(
-                load_face_image(
-                    path,
-                    data_params.resolution,
-                    data_params.min_size,
-                    data_params.crop,
-                    tuple(data_params.alpha_background or (0, 0, 0)),
+            if detector is None:
+                kept.append(
+                    load_face_image(path, data_params.resolution, data_params.min_size, data_params.crop, background)
                 )
-            )
+            else:  # FFHQ alignment: no face -> skipped with the reason, like any unusable file
+                photo = np.asarray(read_photo(path, data_params.min_size, background), dtype=np.uint8)
+                kept += aligned_faces(detector, photo, data_params.resolution, data_params.all_faces)
         except Exception as err:  # noqa: BLE001  one bad file never stops the stage: it is listed instead
             reason = str(err) if isinstance(err, ValueError) else f"failed: {type(err).__name__}: {err}"
             skipped.append(Skipped(str(path), reason))

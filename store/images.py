@@ -44,16 +44,11 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_face_image(
-    path: Path, resolution: int, min_size: int, crop: str, background: tuple[int, int, int] = (0, 0, 0)
-) -> np.ndarray:
-    """One photo -> uint8 [3, resolution, resolution].
-
-    Applies the EXIF orientation (as photo viewers do), scales 16-bit greyscale to 8 bits,
-    composites transparency over ``background`` (RGB 0..255, data.alpha_background), then
-    center-crops (``crop``) and resizes with Lanczos. Raises ValueError with the reason for
-    a file that cannot be used: unreadable, truncated, smaller than ``min_size``, no range.
-    """
+def read_photo(path: Path, min_size: int, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """One photo as an RGB PIL image: the EXIF orientation applied (as photo viewers do), 16-bit
+    greyscale scaled to 8 bits, transparency composited over ``background`` (RGB 0..255,
+    data.alpha_background). Raises ValueError with the reason for a file that cannot be used:
+    unreadable, truncated, smaller than ``min_size``, no range."""
     try:
         with Image.open(path) as im:
             im.load()  # decodes fully: truncated files fail here
@@ -65,6 +60,16 @@ def load_face_image(
     w, h = rgb.size
     if min(w, h) < min_size:
         raise ValueError(f"too small: {w}x{h} < data.min_size={min_size}")
+    return rgb
+
+
+def load_face_image(
+    path: Path, resolution: int, min_size: int, crop: str, background: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
+    """One photo (see `read_photo`) -> uint8 [3, resolution, resolution]: center-cropped
+    (``crop``) and resized with Lanczos. Raises ValueError naming why a file cannot be used."""
+    rgb = read_photo(path, min_size, background)
+    w, h = rgb.size
     if crop == "center":
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2

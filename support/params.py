@@ -47,7 +47,9 @@ class DataParams(Section):
     batch_size: int = Field(ge=1)
     chunk: int = Field(ge=1)  # zarr chunk along the sample axis
     min_size: int = Field(ge=1)  # folder: shorter side below this is skipped
-    crop: Literal["center", "none"]  # folder: square crop before resizing
+    crop: Literal["center", "none"]  # folder, align none: square crop before resizing
+    align: Literal["none", "ffhq"]  # folder: FFHQ alignment from dlib's 68 landmarks (models.alignment)
+    all_faces: bool  # align ffhq: every face found (false: the largest)
     alpha_background: tuple[Byte, Byte, Byte] | None  # folder: RGB (0..255) under transparency; None: black
 
 
