@@ -1,8 +1,11 @@
 """Peer methods that find directions in the same W, each from its paper's description.
 
-* GANSpace (Haerkonen et al. 2020): principal components of sampled w.
-* SeFa (Shen and Zhou 2021): eigenvectors of A^T A, A the weight [C, d] of the first
-  modulation (style affine) layer: the directions that change its output most.
+* GANSpace (Haerkonen et al. 2020): principal components of sampled w; its paper (and code)
+  takes them over N = 10^6 samples: ``ganspace_streaming`` accumulates the covariance.
+* SeFa (Shen and Zhou 2021), as its reference code's default (genforce/sefa,
+  ``factorize_weight`` with ``layer_idx='all'``): the style-affine weights of all modulated
+  layers stacked into A [sum C, d], each row (output channel) normalised to unit length, and
+  the eigenvectors of A^T A: the directions that change the styles most.
 * InterFaceGAN (Shen et al. 2020), supervised: per semantic, the normal of a linear
   model of its labels on w (least squares on oracle labels; an upper bound, not unsupervised).
 
@@ -24,10 +27,31 @@ def ganspace(w: torch.Tensor, k: int) -> torch.Tensor:
     return vh[:k].to(w.dtype)
 
 
-def sefa(weight: torch.Tensor, k: int) -> torch.Tensor:
-    """Top-k eigenvectors [k, d] of A^T A for a modulation weight A [C, d]."""
-    vals, vecs = torch.linalg.eigh((weight.T @ weight).double())
-    return vecs[:, vals.argsort(descending=True)[:k]].T.to(weight.dtype)
+def ganspace_streaming(sample_w, n: int, k: int, batch: int = 65536) -> torch.Tensor:
+    """First k principal directions [k, d] of n samples drawn by ``sample_w(m) -> w [m, d]``,
+    from their covariance accumulated in float64, `batch` at a time (memory O(d^2))."""
+    total, s1, s2, done = 0, None, None, 0
+    while done < n:
+        w = sample_w(min(batch, n - done)).double()
+        s1 = w.sum(0) if s1 is None else s1 + w.sum(0)
+        s2 = w.T @ w if s2 is None else s2 + w.T @ w
+        done += len(w)
+        total = done
+    mean = s1 / total
+    cov = s2 / total - torch.outer(mean, mean)
+    vals, vecs = torch.linalg.eigh(cov)
+    return vecs[:, vals.argsort(descending=True)[:k]].T.float()
+
+
+def sefa(weights: torch.Tensor | list[torch.Tensor], k: int, normalize: bool = True) -> torch.Tensor:
+    """Top-k eigenvectors [k, d] of A^T A, A the modulation weights [C, d] (a list: stacked along C),
+    each row scaled to unit norm when `normalize` (SeFa's default)."""
+    a = torch.cat(list(weights)) if isinstance(weights, list | tuple) else weights
+    a = a.double()
+    if normalize:
+        a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    vals, vecs = torch.linalg.eigh(a.T @ a)
+    return vecs[:, vals.argsort(descending=True)[:k]].T.float()
 
 
 def interfacegan(w: torch.Tensor, labels: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:

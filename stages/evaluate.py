@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from models import faces as face_model
 from models.linear_semantics import manipulate, unit
-from models.peers import best_abs_corr, ganspace, interfacegan, pearson, sefa
+from models.peers import best_abs_corr, ganspace_streaming, interfacegan, pearson, sefa
 from store.artifacts import open_store, write_json
 from store.checkpoints import load_checkpoint
 from support.device import select_device
@@ -114,10 +114,15 @@ def run(
     table2 = pearson(w @ units.T, y)  # [directions, semantics]
     flagged = [n for n in names if n in oracle_meta.get("flagged", [])]
     half = len(w) // 2  # InterFaceGAN: fit on one half, score on the other
+    k, peer_rng = evaluate_params.peers_k, torch.Generator().manual_seed(evaluate_params.seed + 1)
+
+    def sample_w(m: int) -> torch.Tensor:  # GANSpace's own samples of W
+        return gen.mapping(torch.randn(m, gen.z_dim, generator=peer_rng).to(device)).cpu()
+
     peers = {
         "ours": table2.diagonal().abs(),
-        "ganspace": best_abs_corr(w, ganspace(w, evaluate_params.peers_k), y),
-        "sefa": best_abs_corr(w, sefa(gen.first_modulation().cpu().float(), evaluate_params.peers_k), y),
+        "ganspace": best_abs_corr(w, ganspace_streaming(sample_w, evaluate_params.ganspace_samples, k), y),
+        "sefa": best_abs_corr(w, sefa([a.cpu() for a in gen.modulation_weights()], k), y),
         "interfacegan": pearson(w[half:] @ interfacegan(w[:half], y[:half]).T, y[half:]).diagonal().abs(),
     }
     edit = edit_quality(measure, w[: evaluate_params.edit_samples], units, sigma, evaluate_params.edit_scale, std_all)[

@@ -68,13 +68,21 @@ class LatentGenerator:
     def device(self) -> torch.device:
         return next(iter([*self.net.parameters(), *self.net.buffers()])).device
 
-    def first_modulation(self) -> torch.Tensor:
-        """Weight [C, d] of the first layer that reads w (SeFa's A): the 4x4 conv's style affine for
-        StyleGAN2, diag(scale) M (factors = f0 + scale * (M w)) for the linear generator."""
+    def modulation_weights(self) -> list[torch.Tensor]:
+        """The linear maps from w of every layer that reads it (SeFa's A, one [C, d] per layer):
+        the style affines of all modulated convolutions (conv0 / conv1 of every block, as
+        SeFa's 'all' layers; not the toRGB ones) for StyleGAN2; diag(scale) M (factors =
+        f0 + scale * (M w)) for the linear generator."""
         if self.kind == "stylegan2":
-            affine = self.net.synthesis.b4.conv1.affine
-            return affine.weight.detach() * affine.weight_gain
-        return self.net.directions * self.net.scale[:, None]
+            found = []
+            for res in self.net.synthesis.block_resolutions:
+                block = getattr(self.net.synthesis, f"b{res}")
+                for name in ("conv0", "conv1"):
+                    layer = getattr(block, name, None)
+                    if layer is not None:
+                        found.append(layer.affine.weight.detach() * layer.affine.weight_gain)
+            return found
+        return [self.net.directions * self.net.scale[:, None]]
 
     @torch.no_grad()
     def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:

@@ -174,6 +174,7 @@ class EvaluateParams(Section):
 
     n_samples: int = Field(ge=16)  # fresh samples measured by the oracle
     peers_k: int = Field(ge=1)  # first K directions of GANSpace / SeFa searched per semantic
+    ganspace_samples: int = Field(ge=2)  # w samples of GANSpace's PCA (its paper: 10^6)
     edit_samples: int = Field(ge=2)  # samples edited per direction
     edit_scale: float = Field(gt=0)  # edits to s = -scale and +scale (Eq. 4)
     batch_size: int = Field(ge=1)

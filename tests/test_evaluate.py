@@ -37,7 +37,7 @@ def test_peers_find_planted_structure():
     pcs = ganspace(w, 2)
     assert float((pcs @ basis[:, :2]).abs().diagonal().min()) > 0.99
     a = torch.diag(torch.linspace(5, 1, d)) @ basis.T  # A^T A has eigenvectors basis columns, eigenvalues 25..1
-    assert float((sefa(a, 1) @ basis[:, 0]).abs()) > 0.999
+    assert float((sefa(a, 1, normalize=False) @ basis[:, 0]).abs()) > 0.999
     truth = basis[:, 3]
     labels = (w @ truth)[:, None] + 0.01 * torch.randn(5000, 1, generator=g)
     assert float((interfacegan(w, labels) @ truth).abs()) > 0.99
@@ -54,7 +54,7 @@ def linear_setup(tmp_path_factory):
     raw["data"].update(n_images=64, resolution=32, n_eval=4, chunk=32, batch_size=32)
     raw["gan"].update(kind="linear", w_dim=32, resolution=16, grid=2, metric_samples=64, fid_samples=0, ppl_samples=0)
     raw["oracle"].update(epochs=1, batch_size=16, width=4)
-    raw["evaluate"].update(n_samples=400, edit_samples=64, peers_k=4, batch_size=200)
+    raw["evaluate"].update(n_samples=400, edit_samples=64, peers_k=4, batch_size=200, ganspace_samples=4000)
     params = parse_params(raw)
     faces.run(params, d / "faces.zarr", d / "r.csv", d / "m.json")
     train_gan.run(params, d / "faces.zarr", d / "gan", d / "run", d / "g.json")
@@ -151,14 +151,29 @@ def test_evaluate_with_the_real_oracle_runs_and_flags(linear_setup, tmp_path):
     assert set(flags[flags == "flagged"].index) == set(result["flagged"])
 
 
-def test_sefa_reads_the_first_style_affine_of_stylegan2():
+def test_sefa_reads_every_modulated_layers_style_affine():
     from support.generators import LatentGenerator, build_stylegan
 
     G, _ = build_stylegan(
         {"z_dim": 8, "w_dim": 8, "mapping_layers": 1, "resolution": 8, "channel_base": 64, "channel_max": 16}
     )
-    a = LatentGenerator(G, "stylegan2", {}).first_modulation()
-    affine = G.synthesis.b4.conv1.affine
-    assert a.shape == (16, 8)
+    weights = LatentGenerator(G, "stylegan2", {}).modulation_weights()
+    layers = [G.synthesis.b4.conv1, G.synthesis.b8.conv0, G.synthesis.b8.conv1]  # not the toRGBs
+    assert [a.shape for a in weights] == [(16, 8), (16, 8), (8, 8)]
     w = torch.randn(3, 8)
-    torch.testing.assert_close(affine(w) - affine(torch.zeros(1, 8)), w @ a.T)  # the linear part of w -> styles
+    for a, layer in zip(weights, layers):  # each is the linear part of w -> that layer's styles
+        torch.testing.assert_close(layer.affine(w) - layer.affine(torch.zeros(1, 8)), w @ a.T)
+
+
+def test_sefa_normalises_rows_and_ganspace_streams_its_covariance():
+    from models.peers import ganspace_streaming
+
+    g = torch.Generator().manual_seed(2)
+    basis = torch.linalg.qr(torch.randn(6, 6, generator=g))[0]
+    loud = torch.cat([basis[:, :1].T * 100.0, basis[:, 1:2].T.repeat(5, 1)])  # one loud row, five quiet ones
+    assert float((sefa(loud, 1, normalize=False) @ basis[:, 0]).abs()) > 0.999  # the loud row dominates
+    assert float((sefa(loud, 1) @ basis[:, 1]).abs()) > 0.999  # unit rows: five votes beat one
+    w = torch.randn(20000, 6, generator=g) * torch.linspace(3, 0.5, 6) @ basis.T + 5.0
+    streamed = ganspace_streaming(lambda m: w[torch.randint(0, len(w), (m,), generator=g)], 20000, 2, batch=3000)
+    assert float((streamed @ basis[:, :2]).abs().diagonal().min()) > 0.99
+    assert float((streamed @ ganspace(w, 2).T).abs().diagonal().min()) > 0.999

@@ -56,7 +56,7 @@ TINY = {
         "panel_images": 2,
         "allow_degenerate": True,
     },  # a 4-step net is not judged
-    "evaluate": {"n_samples": 64, "edit_samples": 8, "peers_k": 2, "batch_size": 64},
+    "evaluate": {"n_samples": 64, "edit_samples": 8, "peers_k": 2, "batch_size": 64, "ganspace_samples": 2000},
     "factorize": {"components": 4, "iters": 10, "edit_components": 1, "edit_steps": 3, "min_norm": 0.0},
     "flow": {"max_parallel": 2},
 }  # independent tiny stages run concurrently

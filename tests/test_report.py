@@ -68,7 +68,7 @@ def built(tmp_path_factory):
         panel_images=2,
         allow_degenerate=True,
     )  # a 2-step net is not judged
-    raw["evaluate"].update(n_samples=64, edit_samples=8, peers_k=2, batch_size=64)
+    raw["evaluate"].update(n_samples=64, edit_samples=8, peers_k=2, batch_size=64, ganspace_samples=2000)
     raw["factorize"].update(components=6, iters=20, edit_components=2, edit_steps=3, min_norm=0.0)
     raw["report"].update(directions=["yaw", "light_x"], seeds=[0], steps=3)
     p = parse_params(raw)
