@@ -237,3 +237,26 @@ def manipulate(w: torch.Tensor, v: torch.Tensor, s, sigma_w) -> torch.Tensor:
     sigma_w = torch.as_tensor(sigma_w, dtype=w.dtype, device=w.device)
     target = (s * sigma_w).expand(w.shape[0])
     return w + (target - w @ v)[:, None] * v
+
+
+def entangled_directions(effect: torch.Tensor, names: list[str]) -> dict[str, dict]:
+    """Directions that move another semantic more than their own.
+
+    effect [k, k]: row i = how much moving along direction i changes each semantic (e.g. data
+    stds per unit s, or |r|), column order = `names` (direction i is named names[i]). Returns
+    {direction: {"moves_more": the other semantic it moves most, "other": that effect, "own": its
+    own}} for each direction whose largest off-diagonal |effect| exceeds its diagonal one.
+    """
+    out = {}
+    magnitude = effect.abs()
+    for i, name in enumerate(names):
+        others = magnitude[i].clone()
+        others[i] = -1.0
+        j = int(others.argmax())
+        if float(others[j]) > float(magnitude[i, i]):
+            out[name] = {
+                "moves_more": names[j],
+                "other": round(float(others[j]), 4),
+                "own": round(float(magnitude[i, i]), 4),
+            }
+    return out

@@ -186,6 +186,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
     gen = load_generator(root / args.generator, select_device(args.device))
     grid = edit_grid(gen, direction, sigma_w, seeds, scales)
     out = save_grid(grid, args.out, ncols=len(scales), scale=args.zoom)
+    evaluated = root / "data" / "metrics" / "evaluate.json"
+    tangled = json.loads(evaluated.read_text()).get("entangled", {}) if evaluated.is_file() else {}
+    if args.direction in tangled:
+        e = tangled[args.direction]
+        print(
+            f"warning: {args.direction} is entangled: it moves {e['moves_more']} more than {args.direction} "
+            f"({e['other']:.2f} vs {e['own']:.2f} data stds per unit s, {evaluated})",
+            file=sys.stderr,
+        )
     print(f"{out}: {len(seeds)} seeds (rows) x s = {scales} (columns), sigma_w = {sigma_w:.4g}")
     return 0
 

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from models import faces as face_model
-from models.linear_semantics import manipulate, unit
+from models.linear_semantics import entangled_directions, manipulate, unit
 from models.peers import best_abs_corr, ganspace_streaming, interfacegan, pearson, sefa
 from store.artifacts import open_store, write_json
 from store.checkpoints import load_checkpoint
@@ -147,6 +147,8 @@ def run(
             }
             for i, d in enumerate(names)
         },
+        # a direction whose edit moves another semantic more than its own (oracle, data stds per s)
+        "entangled": entangled_directions(edit, names),
         "generated_pose_std_deg": {
             n: round(float(y[:, names.index(n)].std()), 3) for n in ("yaw", "pitch", "roll") if n in names
         },  # spread of the generations' pose (oracle); data: faces.json
@@ -171,9 +173,10 @@ def run(
         result["linear_recovery_cos"] = named((unit(units) * truth).sum(1))
     out.mkdir(parents=True, exist_ok=True)
     flag = ["flagged" if n in flagged else "" for n in names]
-    pd.DataFrame(table2.numpy(), index=names, columns=names).round(4).assign(oracle_flag=flag).to_csv(
-        out / "table2.csv", index_label="direction"
-    )
+    tangled = [result["entangled"].get(n, {}).get("moves_more", "") for n in names]
+    pd.DataFrame(table2.numpy(), index=names, columns=names).round(4).assign(
+        oracle_flag=flag, entangled_moves_more=tangled
+    ).to_csv(out / "table2.csv", index_label="direction")
     pd.DataFrame({m: v.numpy() for m, v in peers.items()}, index=names).round(4).assign(oracle_flag=flag).to_csv(
         out / "peers.csv", index_label="semantic"
     )

@@ -95,6 +95,10 @@ def write_synthetic(params: Params, out: Path) -> dict:
         "resolution": res,
         "yaw_std_deg": round(float(yaw.std()), 3),
         "frac_abs_yaw_gt_45": round(float((np.abs(yaw) > 45).mean()), 4),
+        # every ground-truth factor's spread (pose in degrees): what a GAN trained on it can vary
+        "factor_std": {
+            n: round(float(s), 4) for n, s in zip(face_model.FACTOR_NAMES, factors.std(0, correction=0).tolist())
+        },
     }
 
 

@@ -212,6 +212,14 @@ def run(params: Params, data: Path, out: Path) -> dict:
         )
         diag = pd.DataFrame({"r": [table2.loc[n, n] for n in table2.index]}, index=table2.index)
         summary.append("## Table 2 (diagonal)\n\n" + markdown_table(diag))
+        tangled = ev.get("entangled", {})
+        if tangled:
+            said = "; ".join(
+                f"{d} moves {e['moves_more']} more than {d} ({e['other']:.2f} vs {e['own']:.2f} data stds per unit s)"
+                for d, e in tangled.items()
+            )
+            t2.warning(f"Entangled directions ({len(tangled)} of {len(table2)}): {said}.")
+            summary.append(f"Entangled directions: {said}.")
     elif ev.get("skipped"):
         t2.warning(f"Not measured: {ev.get('reason', 'evaluate was skipped')}.")
         summary.append(f"## Table 2\n\nNot measured: {ev.get('reason', 'evaluate was skipped')}.")
@@ -246,6 +254,19 @@ def run(params: Params, data: Path, out: Path) -> dict:
         + ".",
         reading=True,
     )
+    within, across = clus.get("cos_within_region"), clus.get("cos_across_region")
+    if within is not None and across is not None and within - across < 0.05:
+        loc.warning(
+            f"Flat dendrogram: directions of the same face region are no more aligned than directions of "
+            f"different regions (mean |cos| {within:.3f} vs {across:.3f}), so W holds no region structure for "
+            "Ward clustering to find; the clusters below are not regions."
+        )
+    if clus.get("purity") is not None and clus.get("purity_one_cluster") is not None:
+        if clus["purity"] <= clus["purity_one_cluster"] + 1e-9:
+            loc.warning(
+                f"Cluster purity {clus['purity']:.2f} is no better than putting every component in one cluster "
+                f"({clus['purity_one_cluster']:.2f})."
+            )
     if "components" in ev:
         loc.table(
             pd.DataFrame(ev["components"]).T.rename_axis("component"),

@@ -149,6 +149,8 @@ def test_evaluate_with_the_real_oracle_runs_and_flags(linear_setup, tmp_path):
     assert set(result["flagged"]) <= set(SEMANTIC_NAMES) and len(result["flagged"]) > 0
     flags = pd.read_csv(tmp_path / "out" / "table2.csv", index_col="direction")["oracle_flag"].fillna("")
     assert set(flags[flags == "flagged"].index) == set(result["flagged"])
+    tangled = pd.read_csv(tmp_path / "out" / "table2.csv", index_col="direction")["entangled_moves_more"].fillna("")
+    assert {d for d, other in tangled.items() if other} == set(result["entangled"])
 
 
 def test_sefa_reads_every_modulated_layers_style_affine():

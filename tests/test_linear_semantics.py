@@ -197,3 +197,11 @@ def test_erode_shrinks_by_one_pixel():
     e = rm.erode(m, 1)
     assert e.sum() == 9 and e[0, 0, 3:6, 3:6].all()
     assert rm.erode(m[:, 0].bool(), 2)[0].sum() == 1
+
+
+def test_entangled_directions_are_those_moving_another_semantic_more():
+    from models.linear_semantics import entangled_directions
+
+    effect = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.2, 0.1], [0.0, -0.3, 0.3]])  # roll moves yaw more than roll
+    found = entangled_directions(effect, ["yaw", "roll", "tx"])
+    assert found == {"roll": {"moves_more": "yaw", "other": 0.5, "own": 0.2}}  # tx: a tie is not entangled

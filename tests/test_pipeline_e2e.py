@@ -185,6 +185,8 @@ def test_dvc_repro_then_flow_then_param_change(tiny_repo):
     assert (root / "data" / "previews" / "faces.png").stat().st_size > 0
     metrics = json.loads((root / "data" / "metrics" / "faces.json").read_text())
     assert metrics["n_images"] == 48
+    assert abs(metrics["factor_std"]["yaw"] - metrics["yaw_std_deg"]) < 0.01 and metrics["factor_std"]["roll"] > 0
+    assert group["gt/depth"].shape[1:] == (1, 32, 32)  # [n, 1, r, r], as semantics.zarr's depth
     semantics = open_store(root / "data" / "semantics.zarr")
     assert semantics["semantics"].shape == (32, 14) and semantics["depth"].shape == (32, 1, 16, 16)
     recon = json.loads((root / "data" / "metrics" / "recon.json").read_text())

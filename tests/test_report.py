@@ -207,3 +207,32 @@ def test_report_loads_in_headless_chromium_with_no_broken_image(built, tmp_path)
 
     with Image.open(shot) as im:
         assert im.size == (1200, 1600) and len(set(im.convert("L").getdata())) > 10  # not a blank page
+
+
+def test_report_states_entangled_directions_and_a_flat_dendrogram(built, tmp_path):
+    d, _ = built
+    data = tmp_path / "data"
+    shutil.copytree(d, data)
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["device"], raw["report"]["directions"] = "cpu", ["yaw"]
+    ev_json, cl_json = data / "metrics" / "evaluate.json", data / "metrics" / "cluster.json"
+    ev, cl = json.loads(ev_json.read_text()), json.loads(cl_json.read_text())
+    ev_json.write_text(json.dumps({**ev, "entangled": {"roll": {"moves_more": "yaw", "other": 0.51, "own": 0.23}}}))
+    cl_json.write_text(
+        json.dumps(
+            {**cl, "cos_within_region": 0.1, "cos_across_region": 0.09, "purity": 0.5, "purity_one_cluster": 0.5}
+        )
+    )
+    report.run(parse_params(raw), data, data / "report")
+    page = (data / "report" / "index.html").read_text()
+    assert "Entangled directions (1 of 14): roll moves yaw more than roll (0.51 vs 0.23" in page
+    assert "Flat dendrogram" in page and "no better than putting every component in one cluster" in page
+    ev_json.write_text(json.dumps({**ev, "entangled": {}}))  # a negative control: nothing stated when nothing is wrong
+    cl_json.write_text(
+        json.dumps({**cl, "cos_within_region": 0.4, "cos_across_region": 0.1, "purity": 0.8, "purity_one_cluster": 0.5})
+    )
+    report.run(parse_params(raw), data, data / "report")
+    page = (data / "report" / "index.html").read_text()
+    assert "Entangled directions" not in page and "Flat dendrogram" not in page and "no better than" not in page
