@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from models.resize import resize
 from store.images import signed_to_uint8
@@ -28,10 +29,11 @@ class Measure:
     @torch.no_grad()
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         r = self.oracle.resolution  # generations area-downsampled to the oracle's input side
+        starts = range(0, len(w), self.batch)
         images = torch.cat(
             [
                 torch.from_numpy(signed_to_uint8(resize(self.gen.synthesis(w[b : b + self.batch].to(self.device)), r)))
-                for b in range(0, len(w), self.batch)
+                for b in tqdm(starts, desc="generate", unit="batch", disable=len(starts) < 4)
             ]
         )
         return predict(self.oracle, images, self.device, self.batch)[:, self.columns]
