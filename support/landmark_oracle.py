@@ -1,0 +1,70 @@
+"""A landmark oracle: head pose (pitch, yaw, roll in degrees) of a face photo from dlib's 68
+landmarks and OpenCV's solvePnP on a generic 3D face, the protocol the paper used for its Table 2
+on FFHQ GANs, which have no labels. SQPnP (a global optimum) is used: the iterative solver
+flipped roll by 180 degrees on some faces. Measured against ground truth by
+benchmarks/landmark_oracle.py (README).
+
+The generic face is the mean 3D position of the landmarks on the project's procedural faces
+(`tools/fit_landmark_model.py` -> support/data/generic_face_68.npy). The camera comes from the image
+size (focal length = width, principal point = centre), as for a photo of unknown camera. The
+inner 51 landmarks (brows, nose, eyes, mouth: 17-67) are used; the jaw contour slides with the
+view. The angles follow models.renderer's convention: R = Rz(roll) Ry(yaw) Rx(pitch), positive
+yaw turns the nose to image left, positive pitch down, positive roll clockwise on screen.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from support.landmarks import LandmarkDetector
+
+GENERIC_FACE = Path(__file__).resolve().parent / "data" / "generic_face_68.npy"
+INNER = np.arange(17, 68)  # brows, nose, eyes, mouth
+POSE_NAMES = ("pitch", "yaw", "roll")
+
+
+def euler_from_rotation(R: np.ndarray) -> tuple[float, float, float]:
+    """R [3, 3] = Rz(roll) Ry(yaw) Rx(pitch) (models.renderer.rotation_matrix) -> (pitch, yaw, roll) in
+    degrees, yaw in [-90, 90]."""
+    yaw = math.asin(max(-1.0, min(1.0, -float(R[2, 0]))))
+    pitch = math.atan2(float(R[2, 1]), float(R[2, 2]))
+    roll = math.atan2(float(R[1, 0]), float(R[0, 0]))
+    return math.degrees(pitch), math.degrees(yaw), math.degrees(roll)
+
+
+class LandmarkPoseOracle:
+    """Measures (pitch, yaw, roll) of face photos; NaN where dlib finds no face."""
+
+    names = POSE_NAMES
+
+    def __init__(self, detector: LandmarkDetector | None = None):
+        self.detector = detector or LandmarkDetector()
+        self.model = np.load(GENERIC_FACE)  # [68, 3], world units, centred on the face
+
+    def pose(self, photo: np.ndarray) -> np.ndarray | None:
+        """uint8 [H, W, 3] -> (pitch, yaw, roll) degrees [3], or None when no face is found."""
+        import cv2  # noqa: PLC0415  (OpenCV loads only where pose is measured)
+
+        faces = self.detector.faces(photo)
+        if not faces:
+            return None
+        h, w = photo.shape[:2]
+        camera = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], dtype=np.float64)
+        ok, rvec, _ = cv2.solvePnP(
+            self.model[INNER], faces[0].landmarks[INNER].astype(np.float64), camera, None, flags=cv2.SOLVEPNP_SQPNP
+        )
+        if not ok:
+            return None
+        return np.array(euler_from_rotation(cv2.Rodrigues(rvec)[0]))
+
+    def measure(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images [N, 3, H, W] -> [N, 3] degrees (pitch, yaw, roll), NaN rows where no face."""
+        out = np.full((len(images), 3), np.nan)
+        for i, image in enumerate(images):
+            found = self.pose(np.ascontiguousarray(image.transpose(1, 2, 0)))
+            if found is not None:
+                out[i] = found
+        return out

@@ -1,0 +1,46 @@
+"""The landmark oracle (support/landmark_oracle.py): its angle convention is the renderer's, and it
+reads the pose of rendered faces in the right direction. Its accuracy is measured, not asserted
+here beyond coarse bounds: benchmarks/landmark_oracle.py (README)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models import faces as face_model
+from models.renderer import rotation_matrix
+from support.landmark_oracle import GENERIC_FACE, LandmarkPoseOracle, euler_from_rotation
+
+
+@pytest.mark.parametrize("angles", [(0.0, 0.0, 0.0), (10.0, -30.0, 5.0), (-20.0, 45.0, -15.0), (5.0, 80.0, 30.0)])
+def test_euler_angles_invert_the_renderers_rotation(angles):
+    R = rotation_matrix(*(torch.tensor([a], dtype=torch.float64) for a in angles))[0].numpy()
+    assert euler_from_rotation(R) == pytest.approx(angles, abs=1e-9)
+
+
+def test_the_generic_face_is_a_face_and_records_how_it_was_made():
+    model = np.load(GENERIC_FACE)
+    info = json.loads(GENERIC_FACE.with_suffix(".json").read_text())
+    assert model.shape == (68, 3) and info["faces_found"] >= 100 and "fit_landmark_model" in info["command"]
+    nose, chin, eye_l, eye_r = model[30], model[8], model[36:42].mean(0), model[42:48].mean(0)
+    assert nose[2] < eye_l[2] and nose[2] < chin[2]  # the nose tip is closest to the camera (z away)
+    assert eye_l[0] < 0 < eye_r[0] and chin[1] > nose[1] > eye_l[1]  # x right, y down
+
+
+def test_yaw_is_read_in_the_right_direction_and_no_face_is_nan():
+    factors = face_model.sample_factors(4, torch.Generator().manual_seed(3), pose="frontal")
+    for name in ("pitch", "yaw", "roll", "tx", "ty", "tz"):
+        factors[:, face_model.FACTOR_INDEX[name]] = 0.0
+    factors[:, face_model.FACTOR_INDEX["yaw"]] = torch.tensor([-15.0, -5.0, 5.0, 15.0])
+    images, _ = face_model.render_faces(factors, 256)
+    photos = (images.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    oracle = LandmarkPoseOracle()
+    yaw = oracle.measure(photos)[:, 1]
+    found = ~np.isnan(yaw)
+    assert found.sum() >= 3
+    assert np.all(np.diff(yaw[found]) > 0), yaw  # increasing with the true yaw
+    blank = np.full((1, 3, 128, 128), 127, np.uint8)
+    assert np.isnan(oracle.measure(blank)).all()
