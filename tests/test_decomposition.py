@@ -138,9 +138,14 @@ def test_state_dict_is_plain_tensors_and_sizes():
 
 
 def test_resize():
+    from models.resize import resize
+    from store.datasets import resize_uint8
+
     x = images(2, 64)
-    y = dm.resize(x, 32)
+    y = resize(x, 32)
     assert y.shape == (2, 3, 32, 32)
-    torch.testing.assert_close(y[0, 0, 0, 0], x[0, 0, :2, :2].mean())
-    assert dm.resize(y, 32) is y
-    assert dm.resize(y, 64).shape == (2, 3, 64, 64)
+    torch.testing.assert_close(y[0, 0, 0, 0], x[0, 0, :2, :2].mean())  # area average when shrinking
+    assert resize(y, 32) is y
+    assert resize(y, 64).shape == (2, 3, 64, 64)
+    u8 = ((x * 0.5 + 0.5) * 255).round().clamp(0, 255).to(torch.uint8)  # the uint8 variant: same rule, rounded
+    torch.testing.assert_close(resize_uint8(u8, 32), resize(u8.float(), 32).round().to(torch.uint8))
