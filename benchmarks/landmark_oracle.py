@@ -16,42 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import faces as face_model  # noqa: E402
-from support.landmark_oracle import POSE_NAMES, LandmarkPoseOracle  # noqa: E402
-
-
-def validate(n: int, size: int, pose: str, seed: int = 11) -> dict:
-    factors = face_model.sample_factors(n, torch.Generator().manual_seed(seed), pose=pose)
-    truth = factors[:, [face_model.FACTOR_INDEX[k] for k in POSE_NAMES]].numpy()
-    oracle, measured, start = LandmarkPoseOracle(), [], time.perf_counter()
-    for lo in range(0, n, 32):
-        images, _ = face_model.render_faces(factors[lo : lo + 32], size)
-        measured.append(oracle.measure((images.clamp(0, 1).numpy() * 255).round().astype(np.uint8)))
-    measured = np.concatenate(measured)
-    found = ~np.isnan(measured[:, 0])
-    moderate = np.abs(truth[:, 1]) <= 45
-    out = {
-        "n": n,
-        "size": size,
-        "pose": pose,
-        "detected": round(float(found.mean()), 3),
-        "detected_yaw45": round(float(found[moderate].mean()), 3) if moderate.any() else None,
-        "r": {},
-        "mae_deg": {},
-        "truth_std_deg": {},
-    }
-    for j, name in enumerate(POSE_NAMES):
-        a, b = measured[found, j], truth[found, j]
-        out["r"][name] = round(float(np.corrcoef(a, b)[0, 1]), 3) if found.sum() > 2 else None
-        out["mae_deg"][name] = round(float(np.abs(a - b).mean()), 2) if found.any() else None
-        out["truth_std_deg"][name] = round(float(b.std()), 2) if found.any() else None
-    out["seconds"] = round(time.perf_counter() - start, 1)
-    return out
+from support.landmark_oracle import POSE_NAMES, LandmarkPoseOracle, validate  # noqa: E402
 
 
 def main() -> None:
@@ -62,7 +31,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    res = validate(args.faces, args.size, args.pose)
+    start = time.perf_counter()
+    res = validate(LandmarkPoseOracle(), args.faces, args.size, args.pose)
+    res["seconds"] = round(time.perf_counter() - start, 1)
     print(
         f"{res['n']} faces at {res['size']} px ({res['pose']}): detected {res['detected']:.0%}, "
         f"{res['detected_yaw45']:.0%} where |yaw| <= 45"

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from store.artifacts import git_revision, open_store
+from store.artifacts import git_revision, open_store, read_json
 from store.datasets import resize_uint8
 from store.images import save_figure, save_grid
 from support.device import select_device
@@ -30,10 +30,6 @@ from support.project import project_root, stage_names
 from support.stage import stage_args
 
 log = logging.getLogger("stages.report")
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def read_csv(path: Path, index: str) -> pd.DataFrame | None:
@@ -210,7 +206,15 @@ def run(params: Params, data: Path, out: Path) -> dict:
             f"oracle-flagged factors: {', '.join(ev.get('flagged', [])) or 'none'}.",
             reading=True,
         )
-        diag = pd.DataFrame({"r": [table2.loc[n, n] for n in table2.index]}, index=table2.index)
+        shared = [n for n in table2.index if n in table2.columns]  # the landmark oracle measures pose only
+        diag = pd.DataFrame({"r": [table2.loc[n, n] for n in shared]}, index=shared)
+        if ev.get("oracle") == "landmarks":
+            t2.text(
+                f"Measured with the landmark oracle on the {ev.get('n_measured')} of {ev.get('n_samples')} generations "
+                f"where dlib found a face; not measured: {', '.join(ev.get('not_measured', []))} "
+                f"({ev.get('not_measured_reason', '')}).",
+                reading=True,
+            )
         summary.append("## Table 2 (diagonal)\n\n" + markdown_table(diag))
         tangled = ev.get("entangled", {})
         if tangled:

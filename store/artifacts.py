@@ -178,3 +178,9 @@ def _row(path: Path, name: str, arr: zarr.Array, attrs: dict[str, Any]) -> dict[
         "params_hash": attrs.get("params_hash"),
         "complete": attrs.get("complete") is True,
     }
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON file's object, or {} when the file does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}

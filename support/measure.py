@@ -37,3 +37,33 @@ class Measure:
             ]
         )
         return predict(self.oracle, images, self.device, self.batch)[:, self.columns]
+
+
+@torch.no_grad()
+def landmark_table2(
+    gen: LatentGenerator, units: torch.Tensor, n: int, batch: int, seed: int, device, oracle, max_side: int = 256
+) -> dict:
+    """Table 2 with the landmark oracle (support.landmark_oracle): Pearson r of w . v with the pitch,
+    yaw and roll dlib + solvePnP read off G(w) (area-downsized to at most `max_side`), over the
+    samples where a face is found. units [k, d]; n fresh samples (seed).
+
+    Returns {"table2" [k, 3] (NaN when fewer than 3 faces), "n_measured", "measured_mask" [n]
+    bool, "w" [n, d], "y" [n, 3]}.
+    """
+    from models.peers import pearson  # noqa: PLC0415
+
+    z = torch.randn(n, gen.z_dim, generator=torch.Generator().manual_seed(seed))
+    ws, poses = [], []
+    for b in tqdm(range(0, n, batch), desc="landmark oracle", unit="batch"):
+        w = gen.mapping(z[b : b + batch].to(device))
+        images = signed_to_uint8(resize(gen.synthesis(w), min(gen.resolution, max_side)))
+        ws.append(w.cpu())
+        poses.append(torch.from_numpy(oracle.measure(images)))
+    w, y = torch.cat(ws), torch.cat(poses)
+    found = ~torch.isnan(y[:, 0])
+    table = (
+        pearson(w[found] @ units.T.to(w), y[found]).float()
+        if int(found.sum()) >= 3
+        else torch.full((len(units), y.shape[1]), float("nan"))
+    )
+    return {"table2": table, "n_measured": int(found.sum()), "measured_mask": found, "w": w, "y": y}

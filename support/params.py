@@ -113,6 +113,9 @@ class OracleParams(Section):
     width: int = Field(ge=4)
     holdout: float = Field(gt=0, lt=1)  # fraction of faces held out for R^2
     r2_threshold: float = Field(ge=0, le=1)  # factors measured worse are flagged
+    kind: Literal["learned", "landmarks"]  # landmarks: pose from dlib + solvePnP (support.landmark_oracle)
+    landmark_faces: int = Field(ge=3)  # landmarks: validation renders of known pose
+    landmark_size: int = Field(ge=64, le=1024)  # landmarks: their side
     seed: int = Field(ge=0)
 
 

@@ -60,6 +60,7 @@ def test_a_256px_nvlabs_pickle_runs_through_every_stage(tmp_path_factory):
         **TINY,
         "gan": {**TINY["gan"], "init": "data/pretrained/tiny256.pkl", "kimg": 0},
         "recon": {**TINY["recon"], "resolution": 16},
+        "oracle": {**TINY["oracle"], "kind": "landmarks", "landmark_faces": 8},  # the oracle for real faces
     }
     root, env, guard = copy_project(work / "repo", params, {"data/pretrained/tiny256.pkl": pkl})
     proc = _run([sys.executable, "-m", "dvc", "repro"], root, env)
@@ -74,11 +75,16 @@ def test_a_256px_nvlabs_pickle_runs_through_every_stage(tmp_path_factory):
     assert latents.attrs["generator_resolution"] == 256
     assert open_store(data / "semantics.zarr")["semantics"].shape == (TINY["latents"]["n"], 14)
     evaluate = json.loads((data / "metrics" / "evaluate.json").read_text())
-    assert evaluate["skipped"] and "imported" in evaluate["reason"] and evaluate["measured"] == []
+    assert evaluate["oracle"] == "landmarks" and evaluate["measured"] == ["pitch", "yaw", "roll"]
+    assert len(evaluate["not_measured"]) == 11 and "light_x" in evaluate["not_measured"]
+    # random weights draw no face: nothing is correlated over a biased or empty subset
+    assert evaluate["n_measured"] == 0 and evaluate["table2"]["yaw"]["yaw"] is None
+    assert json.loads((data / "oracle" / "landmarks.json").read_text())["kind"] == "landmarks"
     report = data / "report"
     full = Image.open(report / "univariate_edits_full.png")
     page = Image.open(report / "univariate_edits.png")
     assert full.height >= 256 and page.width < full.width  # edits at 256 px; the page shows a downsized copy
     assert np.asarray(full).std() > 0
-    assert "Not measured: the generator was imported" in (report / "index.html").read_text()
+    assert "where dlib found a face; not measured: pitch" not in (report / "index.html").read_text()
+    assert "Measured with the landmark oracle on the 0 of" in (report / "index.html").read_text()
     assert not (guard / "attempts.log").exists()

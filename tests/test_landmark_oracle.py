@@ -44,3 +44,19 @@ def test_yaw_is_read_in_the_right_direction_and_no_face_is_nan():
     assert np.all(np.diff(yaw[found]) > 0), yaw  # increasing with the true yaw
     blank = np.full((1, 3, 128, 128), 127, np.uint8)
     assert np.isnan(oracle.measure(blank)).all()
+
+
+def test_table2_with_the_landmark_oracle_finds_the_true_yaw_direction():
+    from models.linear_generator import LinearFaceGenerator
+    from support.generators import LatentGenerator
+    from support.measure import landmark_table2
+
+    factors = face_model.sample_factors(2000, torch.Generator().manual_seed(0), pose="frontal")
+    net = LinearFaceGenerator(16, factors.mean(0), factors.std(0), 128, seed=0)
+    gen = LatentGenerator(net.eval(), "linear", {})
+    truth = net.directions[[face_model.FACTOR_INDEX[n] for n in ("yaw", "light_x")]]  # a pose and a light direction
+    found = landmark_table2(gen, truth / truth.norm(dim=1, keepdim=True), 48, 16, 0, "cpu", LandmarkPoseOracle())
+    assert found["n_measured"] >= 20, found["n_measured"]
+    table = found["table2"]  # [2 directions, (pitch, yaw, roll)]
+    assert float(table[0, 1]) > 0.8  # w . v_yaw follows the yaw the landmarks read
+    assert abs(float(table[1, 1])) < 0.5  # the light direction does not
