@@ -42,3 +42,44 @@ def make_params(**sections: dict) -> Params:
 
 
 _PROJECT_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+# The small linear-generator chain most stage tests run on (CPU, seconds): ground-truth data at
+# 32 px, the linear generator, a 16 px decomposer of 2 steps that is not judged. Tests override
+# what they vary through tiny_linear_params(section={...}).
+TINY_LINEAR = {
+    "device": "cpu",
+    "data": {"n_images": 48, "resolution": 32, "n_eval": 4, "chunk": 16, "batch_size": 16},
+    "gan": {
+        "kind": "linear",
+        "w_dim": 16,
+        "resolution": 32,
+        "grid": 2,
+        "metric_samples": 64,
+        "fid_samples": 0,
+        "ppl_samples": 0,
+    },
+    "recon": {
+        "resolution": 16,
+        "nf_map": 4,
+        "zdim_map": 8,
+        "nf_encoder": 4,
+        "nf_conf": 4,
+        "zdim_conf": 8,
+        "steps": 2,
+        "batch_size": 4,
+        "snapshot_steps": 2,
+        "n_eval": 8,
+        "eval_batch": 8,
+        "panel_images": 2,
+        "allow_degenerate": True,  # a 2-step net is not judged
+    },
+}
+
+
+def tiny_linear_params(**sections: dict) -> Params:
+    """TINY_LINEAR over the project's params.yaml, then `sections` over that (per key)."""
+    merged = {name: dict(values) if isinstance(values, dict) else values for name, values in TINY_LINEAR.items()}
+    for name, values in sections.items():
+        merged[name] = {**merged.get(name, {}), **values} if isinstance(values, dict) else values
+    return make_params(**merged)

@@ -77,34 +77,11 @@ def test_a_damaged_checkpoint_names_its_file_and_what_to_do(tmp_path, how, messa
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny linear generator, decomposer and oracle as their stages export them."""
-    import yaml
-
     from stages import faces, train_gan, train_oracle, train_recon
-    from support.params import parse_params
-    from tests.conftest import REPO
+    from tests.conftest import tiny_linear_params
 
     d = tmp_path_factory.mktemp("exported")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["device"] = "cpu"
-    raw["data"].update(n_images=48, resolution=32, n_eval=4, chunk=16, batch_size=16)
-    raw["gan"].update(kind="linear", w_dim=16, resolution=32, grid=2, metric_samples=64, fid_samples=0, ppl_samples=0)
-    raw["oracle"].update(epochs=1, batch_size=16, width=4)
-    raw["recon"].update(
-        resolution=16,
-        nf_map=4,
-        zdim_map=8,
-        nf_encoder=4,
-        nf_conf=4,
-        zdim_conf=8,
-        steps=2,
-        batch_size=4,
-        snapshot_steps=2,
-        n_eval=8,
-        eval_batch=8,
-        panel_images=2,
-        allow_degenerate=True,
-    )
-    p = parse_params(raw)
+    p = tiny_linear_params(oracle={"epochs": 1, "batch_size": 16, "width": 4})
     faces.run(p, d / "faces.zarr", d / "r.csv", d / "f.json")
     train_gan.run(p, d / "faces.zarr", d / "gan", d / "gan_run", d / "g.json")
     train_oracle.run(p, d / "faces.zarr", d / "oracle", d / "o.json")

@@ -8,39 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from models import faces as face_model
 from pipeline import cli
 from stages import cluster, decompose, faces, factorize, regress, sample_latents, train_gan, train_recon
 from store.artifacts import open_store
 from support.generators import load_generator
-from support.params import parse_params
+from tests.conftest import tiny_linear_params
 
 
 def tiny(repo_root, **fact):
-    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
-    raw["device"] = "cpu"
-    raw["data"].update(n_images=48, resolution=32, n_eval=4, chunk=16, batch_size=16)
-    raw["gan"].update(kind="linear", w_dim=16, resolution=32, grid=2, metric_samples=64, fid_samples=0, ppl_samples=0)
-    raw["latents"].update(n=96, chunk=32, batch_size=32)
-    raw["recon"].update(
-        resolution=16,
-        nf_map=4,
-        zdim_map=8,
-        nf_encoder=4,
-        nf_conf=4,
-        zdim_conf=8,
-        steps=2,
-        batch_size=4,
-        snapshot_steps=2,
-        n_eval=8,
-        eval_batch=8,
-        panel_images=2,
-        allow_degenerate=True,
-    )  # a 2-step net is not judged
-    raw["factorize"].update(components=8, iters=30, edit_components=2, edit_steps=3, **fact)
-    return parse_params(raw)
+    return tiny_linear_params(
+        latents={"n": 96, "chunk": 32, "batch_size": 32},
+        factorize={"components": 8, "iters": 30, "edit_components": 2, "edit_steps": 3, **fact},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from models import faces as face_model
 from models.decomposition import SEMANTIC_NAMES, Decomposer, Decomposition
@@ -16,36 +15,13 @@ from models.recon_training import ReconTrainer
 from stages import decompose, faces, sample_latents, train_gan, train_recon
 from store.artifacts import open_store
 from store.checkpoints import latest_checkpoint, load_checkpoint
-from support.params import parse_params
 from support.recon import PANEL_COLUMNS, eval_faces, load_decomposer, panel
+from tests.conftest import tiny_linear_params
 
 
 def tiny(repo_root, **recon):
-    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
-    raw["device"] = "cpu"
-    raw["data"].update(n_images=48, resolution=32, n_eval=4, chunk=16, batch_size=16)
-    raw["gan"].update(kind="linear", w_dim=16, resolution=32, grid=2, metric_samples=64, fid_samples=0, ppl_samples=0)
-    raw["latents"].update(n=40, chunk=16, batch_size=8)
-    raw["recon"].update(
-        resolution=16,
-        nf_map=4,
-        zdim_map=8,
-        nf_encoder=4,
-        nf_conf=4,
-        zdim_conf=8,
-        steps=6,
-        batch_size=4,
-        snapshot_steps=3,
-        log_every=1,
-        n_eval=12,
-        eval_batch=8,
-        panel_images=2,
-        yaw_every=2,
-        yaw_start=0,
-        allow_degenerate=True,
-    )  # a 6-step net is not judged
-    raw["recon"].update(recon)
-    return parse_params(raw)
+    six_steps = {"steps": 6, "snapshot_steps": 3, "log_every": 1, "n_eval": 12, "yaw_every": 2, "yaw_start": 0}
+    return tiny_linear_params(latents={"n": 40, "chunk": 16, "batch_size": 8}, recon={**six_steps, **recon})
 
 
 @pytest.fixture(scope="module")

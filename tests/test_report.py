@@ -43,35 +43,18 @@ BROWSER_FLAGS = [
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """Every stage on tiny params in a data/ folder laid out as dvc.yaml does, then the report."""
-    from tests.conftest import REPO
+    from tests.conftest import tiny_linear_params
 
     d = tmp_path_factory.mktemp("report") / "data"
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["device"] = "cpu"
-    raw["data"].update(n_images=48, resolution=32, n_eval=4, chunk=16, batch_size=16)
-    raw["preview"].update(grid=4, scale=1)
-    raw["gan"].update(kind="linear", w_dim=32, resolution=32, grid=2, metric_samples=64, fid_samples=0, ppl_samples=0)
-    raw["latents"].update(n=96, chunk=32, batch_size=32)
-    raw["oracle"].update(epochs=1, batch_size=16, width=4)
-    raw["recon"].update(
-        resolution=16,
-        nf_map=4,
-        zdim_map=8,
-        nf_encoder=4,
-        nf_conf=4,
-        zdim_conf=8,
-        steps=2,
-        batch_size=4,
-        snapshot_steps=2,
-        n_eval=8,
-        eval_batch=8,
-        panel_images=2,
-        allow_degenerate=True,
-    )  # a 2-step net is not judged
-    raw["evaluate"].update(n_samples=64, edit_samples=8, peers_k=2, batch_size=64, ganspace_samples=2000)
-    raw["factorize"].update(components=6, iters=20, edit_components=2, edit_steps=3, min_norm=0.0)
-    raw["report"].update(directions=["yaw", "light_x"], seeds=[0], steps=3)
-    p = parse_params(raw)
+    p = tiny_linear_params(
+        preview={"grid": 4, "scale": 1},
+        gan={"w_dim": 32},
+        latents={"n": 96, "chunk": 32, "batch_size": 32},
+        oracle={"epochs": 1, "batch_size": 16, "width": 4},
+        evaluate={"n_samples": 64, "edit_samples": 8, "peers_k": 2, "batch_size": 64, "ganspace_samples": 2000},
+        factorize={"components": 6, "iters": 20, "edit_components": 2, "edit_steps": 3, "min_norm": 0.0},
+        report={"directions": ["yaw", "light_x"], "seeds": [0], "steps": 3},
+    )
     m = d / "metrics"
     faces.run(p, d / "faces.zarr", d / "faces_report.csv", m / "faces.json")
     preview.run(p, d / "faces.zarr", d / "previews" / "faces.png")
