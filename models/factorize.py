@@ -280,6 +280,8 @@ class LocalizedComponents(NamedTuple):
     norms: torch.Tensor  # [K] ||u_p||
     support: torch.Tensor  # bool [K, S] pixels each component moves (``supports``)
     part_scales: list[float]  # the factor each row block of J was multiplied by
+    beta_effective: float  # beta as applied to the unit-norm J
+    jacobian_norm: float  # ||J||_F as given
     factorization: Factorization  # the solver's full result (iterations, convergence, trace)
 
 
@@ -291,6 +293,7 @@ def localized_components(
     beta: float,
     *,
     balance: bool = True,
+    beta_units: str = "unit",
     min_norm: float = 0.0,
     support_frac: float = 0.1,
     solver: str = "fast",
@@ -300,11 +303,18 @@ def localized_components(
     albedo 3 r^2) -> the sparse localized components of Eq. 5.
 
     J is balanced (``balance_parts``: equal block norms, ||J||_F = 1) or, with balance=False,
-    only scaled to ||J||_F = 1; factorized with ``components`` columns (``factorize``, solver
+    only scaled to ||J||_F = 1; `beta_units` "unit" applies beta to that unit-norm J, "paper" to J
+    as given (the paper's objective on the unnormalised Jacobian): beta / ||J||_F^2 on the unit-norm
+    one, since scaling J by c scales the fit term by c^2; factorized with ``components`` columns (``factorize``, solver
     and its keywords: iters, tol, init, seed, lr); components with ||u_p|| < min_norm dropped,
     the rest ordered by ||u_p|| (``prune_and_order``), each with its ``supports`` row.
     Raises ValueError for bad part sizes or solver names.
     """
+    if beta_units not in ("unit", "paper"):
+        raise ValueError(f"beta_units must be 'unit' or 'paper', got {beta_units!r}")
+    raw_norm = float(J.double().norm())
+    if beta_units == "paper":
+        beta = beta / max(raw_norm, 1e-300) ** 2
     if balance:
         J, scales = balance_parts(J, part_sizes)
         part_scales = [float(s) for s in scales]
@@ -315,4 +325,4 @@ def localized_components(
     fac = factorize(J, components, alpha, beta, solver=solver, **solver_kw)
     U, V, norms, _ = prune_and_order(fac.U, fac.V, min_norm)
     support = supports(U, support_frac) if U.shape[1] else torch.zeros(0, J.shape[0], dtype=torch.bool)
-    return LocalizedComponents(V.T.contiguous(), U, norms, support, part_scales, fac)
+    return LocalizedComponents(V.T.contiguous(), U, norms, support, part_scales, float(beta), raw_norm, fac)

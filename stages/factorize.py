@@ -50,6 +50,7 @@ def run(
         factorize_params.alpha,
         factorize_params.beta,
         balance=factorize_params.balance,
+        beta_units=factorize_params.beta_units,
         min_norm=factorize_params.min_norm,
         support_frac=factorize_params.support_frac,
         solver=factorize_params.solver,
@@ -59,7 +60,14 @@ def run(
         seed=factorize_params.seed,
         **({"lr": factorize_params.adam_lr} if factorize_params.solver == "adam" else {}),
     )
-    units, U, norms, support, part_scales, fac = found
+    units, U, norms, support, part_scales, fac = (
+        found.units,
+        found.U,
+        found.norms,
+        found.support,
+        found.part_scales,
+        found.factorization,
+    )
     sig = projection_std(open_store(latents)["w"], units) if len(units) else torch.zeros(0)
     names = [f"comp{i:02d}" for i in range(len(units))]
     attrs = {
@@ -98,6 +106,8 @@ def run(
         "kept": len(units),
         "components": factorize_params.components,
         "objective": round(float(fac.trace[-1]), 6),
+        "beta_effective": round(found.beta_effective, 8),  # on the unit-norm J (factorize.beta_units)
+        "jacobian_norm": round(found.jacobian_norm, 6),
         "iterations": fac.iterations,
         "converged": bool(fac.converged),
         "solver": factorize_params.solver,

@@ -191,6 +191,7 @@ class FactorizeParams(Section):
     components: int = Field(ge=1)  # P
     alpha: float = Field(ge=0)  # L1 weight on U (J balanced to ||J||_F = 1)
     beta: float = Field(ge=0)  # orthogonality weight on V
+    beta_units: Literal["unit", "paper"]  # unit: on the unit-norm J; paper: on J as regressed
     iters: int = Field(ge=1)  # outer iterations (adam: steps)
     tol: float = Field(ge=0)  # relative objective decrease to stop at
     adam_lr: float = Field(gt=0)
