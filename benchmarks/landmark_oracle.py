@@ -28,11 +28,13 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=200)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--pose", default="wide", choices=("frontal", "wide"))
+    parser.add_argument("--detector", default="hog", choices=("hog", "cnn"))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    res = validate(LandmarkPoseOracle(), args.faces, args.size, args.pose)
+    res = validate(LandmarkPoseOracle(args.detector), args.faces, args.size, args.pose)
+    res["detector"] = args.detector
     res["seconds"] = round(time.perf_counter() - start, 1)
     print(
         f"{res['n']} faces at {res['size']} px ({res['pose']}): detected {res['detected']:.0%}, "

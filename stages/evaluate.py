@@ -76,7 +76,7 @@ def run_landmarks(params: Params, gen, oracle_dir: Path, directions: Path, out: 
         evaluate_params.batch_size,
         evaluate_params.seed,
         device,
-        LandmarkPoseOracle(),
+        LandmarkPoseOracle(params.oracle.landmark_detector),
     )
     table2 = found["table2"]  # [k, 3]
     validation = read_json(oracle_dir / "landmarks.json") if (oracle_dir / "landmarks.json").is_file() else {}

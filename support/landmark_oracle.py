@@ -40,8 +40,9 @@ class LandmarkPoseOracle:
 
     names = POSE_NAMES
 
-    def __init__(self, detector: LandmarkDetector | None = None):
-        self.detector = detector or LandmarkDetector()
+    def __init__(self, detector: LandmarkDetector | str | None = None):
+        """detector: a LandmarkDetector, or its kind ("hog", "cnn"; default hog)."""
+        self.detector = detector if isinstance(detector, LandmarkDetector) else LandmarkDetector(kind=detector or "hog")
         self.model = np.load(GENERIC_FACE)  # [68, 3], world units, centred on the face
 
     def pose(self, photo: np.ndarray) -> np.ndarray | None:

@@ -60,7 +60,7 @@ def test_a_256px_nvlabs_pickle_runs_through_every_stage(tmp_path_factory):
         **TINY,
         "gan": {**TINY["gan"], "init": "data/pretrained/tiny256.pkl", "kimg": 0},
         "recon": {**TINY["recon"], "resolution": 16},
-        "oracle": {**TINY["oracle"], "kind": "landmarks", "landmark_faces": 8},  # the oracle for real faces
+        "oracle": {**TINY["oracle"], "kind": "landmarks", "landmark_faces": 8, "landmark_detector": "hog"},
     }
     root, env, guard = copy_project(work / "repo", params, {"data/pretrained/tiny256.pkl": pkl})
     proc = _run([sys.executable, "-m", "dvc", "repro"], root, env)

@@ -60,3 +60,15 @@ def test_table2_with_the_landmark_oracle_finds_the_true_yaw_direction():
     table = found["table2"]  # [2 directions, (pitch, yaw, roll)]
     assert float(table[0, 1]) > 0.8  # w . v_yaw follows the yaw the landmarks read
     assert abs(float(table[1, 1])) < 0.5  # the light direction does not
+
+
+def test_the_cnn_detector_finds_a_face_and_a_bad_kind_is_named():
+    from support.landmarks import LandmarkDetector
+
+    factors = face_model.sample_factors(1, torch.Generator().manual_seed(5), pose="frontal")
+    images, _ = face_model.render_faces(factors, 128)
+    photo = (images[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    faces = LandmarkDetector(kind="cnn").faces(photo)
+    assert len(faces) == 1 and faces[0].landmarks.shape == (68, 2) and faces[0].area > 30 * 30
+    with pytest.raises(ValueError, match="'hog' or 'cnn'"):
+        LandmarkDetector(kind="mtcnn")
