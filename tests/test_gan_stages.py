@@ -274,6 +274,7 @@ def test_a_run_killed_with_sigkill_resumes_through_dvc_repro_and_matches(repo_ro
     (root / "data").mkdir()
     (root / "data" / "raw").mkdir()
     (root / "data" / "shipped").mkdir()
+    (root / "data" / "pretrained").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_"))}
     env.update(environment_defaults(root), PYTHONPATH=str(root), OMP_NUM_THREADS="1")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
