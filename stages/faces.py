@@ -107,7 +107,7 @@ def ingest_folder(params: Params, out: Path) -> tuple[dict, list[Skipped]]:
     files = find_images(data_params.path)
     kept, skipped = [], []
     background = tuple(data_params.alpha_background or (0, 0, 0))
-    detector = LandmarkDetector() if data_params.align == "ffhq" else None
+    detector = LandmarkDetector() if data_params.align else None
     for path in tqdm(files, desc="ingest", unit="file"):
         try:
             if detector is None:
@@ -116,7 +116,7 @@ def ingest_folder(params: Params, out: Path) -> tuple[dict, list[Skipped]]:
                 )
             else:  # FFHQ alignment: no face -> skipped with the reason, like any unusable file
                 photo = np.asarray(read_photo(path, data_params.min_size, background), dtype=np.uint8)
-                kept += aligned_faces(detector, photo, data_params.resolution, data_params.all_faces)
+                kept += aligned_faces(detector, photo, data_params.resolution, data_params.align == "ffhq_all")
         except Exception as err:  # noqa: BLE001  one bad file never stops the stage: it is listed instead
             reason = str(err) if isinstance(err, ValueError) else f"failed: {type(err).__name__}: {err}"
             skipped.append(Skipped(str(path), reason))

@@ -48,8 +48,9 @@ class DataParams(Section):
     chunk: int = Field(ge=1)  # zarr chunk along the sample axis
     min_size: int = Field(ge=1)  # folder: shorter side below this is skipped
     crop: Literal["center", "none"]  # folder, align none: square crop before resizing
-    align: Literal["none", "ffhq"]  # folder: FFHQ alignment from dlib's 68 landmarks (models.alignment)
-    all_faces: bool  # align ffhq: every face found (false: the largest)
+    # folder: FFHQ alignment from dlib's 68 landmarks (models.alignment), of the largest face or of
+    # every face; None (no alignment) stays out of the section hash, like every unset optional key
+    align: Literal["ffhq", "ffhq_all"] | None
     alpha_background: tuple[Byte, Byte, Byte] | None  # folder: RGB (0..255) under transparency; None: black
 
 
