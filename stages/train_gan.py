@@ -200,8 +200,15 @@ def initial_networks(params: Params, faces_hash: str) -> tuple[Generator, Discri
     load_weights(G, imported.G_ema, gan.init, f"StyleGAN2 G_ema {config}")
     if imported.D is not None:
         load_weights(D, imported.D, gan.init, f"StyleGAN2 D {config}")
-    log.info("initialised from %s (%s format, %s kimg)", gan.init, imported.format, imported.source.get("kimg"))
-    return G, D, config, imported.format
+    origin = imported.source.get("origin", imported.format)  # an import-gan output keeps its origin
+    log.info(
+        "initialised from %s (%s format, from %s, %s kimg)",
+        gan.init,
+        imported.format,
+        origin,
+        imported.source.get("kimg"),
+    )
+    return G, D, config, origin
 
 
 def run_stylegan(params: Params, faces: Path, out: Path, run_dir: Path, world: World | None = None) -> dict:

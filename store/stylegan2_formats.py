@@ -396,5 +396,11 @@ def read_stylegan2(path: str | Path) -> Imported:
         dict(meta["config"]),
         upgrade_legacy_names({k: v.float() for k, v in state["G_ema"].items()}),
         upgrade_legacy_names({k: v.float() for k, v in state["D"].items()}) if "D" in state else None,
-        {"networks": sorted(state), "kimg": meta.get("kimg"), "faces_params_hash": meta.get("faces_params_hash")},
+        {
+            "networks": sorted(state),
+            "kimg": meta.get("kimg"),
+            "faces_params_hash": meta.get("faces_params_hash"),
+            # where the weights came from: an import-gan output keeps its NVlabs / rosinality origin
+            "origin": meta.get("init_format") or "facesem",
+        },
     )

@@ -269,3 +269,17 @@ def test_export_writes_directions_as_plain_unit_vectors(tmp_path):
     assert saved.shape == (3, 256) and np.allclose(saved, units) and np.allclose(np.linalg.norm(saved, axis=1), 1)
     info = json.loads((tmp_path / "nv" / "directions.json").read_text())
     assert info["names"] == ["yaw", "pitch", "roll"] and info["sigma_w"] == [0.5, 1.0, 2.0]
+
+
+def test_an_import_gan_output_used_as_gan_init_keeps_its_origin(tmp_path):
+    """gan.init = DIR/generator.safetensors written by import-gan: train_gan still knows the weights
+    are an NVlabs network (exported in float32; evaluate's learned oracle refuses to judge it)."""
+    from stages import train_gan
+    from support.interchange import import_generator
+    from tests.conftest import make_params
+
+    g, d, config, _ = _nvlabs("nvlabs_32")
+    import_generator(write_nvlabs_pickle(tmp_path / "a.pkl", g, d, config), tmp_path / "ours")
+    params = make_params(gan={"init": str(tmp_path / "ours" / "generator.safetensors"), "kimg": 0})
+    G, D, cfg, origin = train_gan.initial_networks(params, params.section_hash("data"))
+    assert origin == "nvlabs" and cfg["resolution"] == 32 and cfg["w_dim"] == 256
