@@ -92,11 +92,9 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int, supersample:
         img = img.crop(crop)
         quad = quad - np.array(crop[:2])
     # what the square still needs beyond the photo: reflect, then fade into a blurred copy
-    pad = np.array(
-        [max(-lo[0] + crop[0] + border, 0), max(-lo[1] + crop[1] + border, 0), 0, 0], dtype=int
-    )  # left, top, right, bottom
-    pad[2] = max(hi[0] - crop[0] - img.width + border, 0)
-    pad[3] = max(hi[1] - crop[1] - img.height + border, 0)
+    left, top = np.array(crop[:2])
+    need = [left - lo[0], top - lo[1], hi[0] - left - img.width, hi[1] - top - img.height]  # beyond each edge
+    pad = np.maximum(np.array(need, dtype=int) + border, 0)  # left, top, right, bottom
     if pad.max() > border - 4:
         pad = np.maximum(pad, int(round(qsize * 0.3)))
         arr = np.pad(np.asarray(img, np.float32), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), mode="reflect")

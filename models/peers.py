@@ -30,15 +30,14 @@ def ganspace(w: torch.Tensor, k: int) -> torch.Tensor:
 def ganspace_streaming(sample_w, n: int, k: int, batch: int = 65536) -> torch.Tensor:
     """First k principal directions [k, d] of n samples drawn by ``sample_w(m) -> w [m, d]``,
     from their covariance accumulated in float64, `batch` at a time (memory O(d^2))."""
-    total, s1, s2, done = 0, None, None, 0
+    s1, s2, done = None, None, 0
     while done < n:
         w = sample_w(min(batch, n - done)).double()
         s1 = w.sum(0) if s1 is None else s1 + w.sum(0)
         s2 = w.T @ w if s2 is None else s2 + w.T @ w
         done += len(w)
-        total = done
-    mean = s1 / total
-    cov = s2 / total - torch.outer(mean, mean)
+    mean = s1 / done
+    cov = s2 / done - torch.outer(mean, mean)
     vals, vecs = torch.linalg.eigh(cov)
     return vecs[:, vals.argsort(descending=True)[:k]].T.float()
 

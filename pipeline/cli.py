@@ -168,6 +168,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    from store.artifacts import read_json
     from store.images import save_grid
     from support.device import select_device
     from support.edit import edit_grid, load_direction
@@ -187,7 +188,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     grid = edit_grid(gen, direction, sigma_w, seeds, scales)
     out = save_grid(grid, args.out, ncols=len(scales), scale=args.zoom)
     evaluated = root / "data" / "metrics" / "evaluate.json"
-    tangled = json.loads(evaluated.read_text()).get("entangled", {}) if evaluated.is_file() else {}
+    tangled = read_json(evaluated).get("entangled", {})
     if args.direction in tangled:
         e = tangled[args.direction]
         print(

@@ -79,7 +79,7 @@ def run_landmarks(params: Params, gen, oracle_dir: Path, directions: Path, out: 
         LandmarkPoseOracle(params.oracle.landmark_detector),
     )
     table2 = found["table2"]  # [k, 3]
-    validation = read_json(oracle_dir / "landmarks.json") if (oracle_dir / "landmarks.json").is_file() else {}
+    validation = read_json(oracle_dir / "landmarks.json")
     w, y, ok = found["w"][found["measured_mask"]], found["y"][found["measured_mask"]].float(), found["n_measured"]
     k = evaluate_params.peers_k
     peers = {"ours": torch.stack([table2[names.index(n), j].abs() for j, n in enumerate(POSE_NAMES)])}

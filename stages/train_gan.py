@@ -200,7 +200,7 @@ def initial_networks(params: Params, faces_hash: str) -> tuple[Generator, Discri
     load_weights(G, imported.G_ema, gan.init, f"StyleGAN2 G_ema {config}")
     if imported.D is not None:
         load_weights(D, imported.D, gan.init, f"StyleGAN2 D {config}")
-    origin = imported.source.get("origin", imported.format)  # an import-gan output keeps its origin
+    origin = imported.origin
     log.info(
         "initialised from %s (%s format, from %s, %s kimg)",
         gan.init,

@@ -62,6 +62,12 @@ class Imported:
     D: dict[str, torch.Tensor] | None
     source: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def origin(self) -> str:
+        """Where the weights came from: the file's format, except that a facesem file written by
+        import-gan keeps the NVlabs / rosinality origin its sidecar records."""
+        return self.source.get("origin", self.format)
+
 
 # ---------------------------------------------------------------------------------------------
 # NVlabs pickles

@@ -37,10 +37,8 @@ def import_generator(source: str | Path, out: str | Path, grid: int = 2) -> dict
     if imported.D is not None:
         load_weights(D, imported.D, source, f"StyleGAN2 D {imported.config}")
         state["D"] = D.state_dict()
-    digest = hashlib.sha256()
     with source.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(fh, "sha256")
     meta = {
         "kind": "stylegan2",
         "config": imported.config,
