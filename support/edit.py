@@ -82,3 +82,39 @@ def edit_grid(
     s = torch.tensor(scales, device=device)
     w_s = manipulate(w.repeat_interleave(len(scales), 0), direction.to(device), s.repeat(len(seeds)), sigma_w)
     return signed_to_uint8(gen.synthesis(w_s))
+
+
+@torch.no_grad()
+def edit_latents(
+    gen: LatentGenerator,
+    ws: torch.Tensor,
+    direction: torch.Tensor,
+    sigma_w: float,
+    scales: list[float],
+    noise: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Edits of given latents (e.g. projected photos): uint8 [n * (1 + len(scales)), 3, r, r], per
+    latent its generation then one column per s of Eq. 4 (the same edit applied to every layer's w
+    for ws [n, num_ws, d]; ws [n, d] for W). noise: the projector's noise maps {buffer name: [n, r, r]},
+    used for latent i's row (else the generator's constant ones)."""
+    device = gen.device
+    net = gen.net
+    if noise:
+        import copy  # noqa: PLC0415
+
+        net = copy.deepcopy(gen.net)
+    rows = []
+    for i in range(len(ws)):
+        w = ws[i].to(device)
+        w = w[None] if w.ndim == 1 else w  # [num_ws or 1, d]
+        edited = [w] + [manipulate(w, direction.to(device), s, sigma_w) for s in scales]
+        batch = torch.stack(edited)  # [1 + k, num_ws or 1, d]
+        if noise:
+            for name, maps in noise.items():
+                net.synthesis.get_buffer(name).copy_(torch.from_numpy(maps[i]))
+        if gen.kind == "stylegan2":
+            images = net.synthesis(batch if batch.shape[1] > 1 else batch[:, 0], noise_mode="const")
+        else:
+            images = net.synthesis(batch[:, 0])
+        rows.append(signed_to_uint8(images))
+    return np.concatenate(rows)

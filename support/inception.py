@@ -36,17 +36,19 @@ def load_inception(device: str = "cpu") -> torch.jit.ScriptModule:
     return torch.jit.load(str(inception_path()), map_location=device).eval()
 
 
+def inception_pool3(images: torch.Tensor, device="cpu") -> torch.Tensor:
+    """Images [N, 3, H, W] in [-1, 1] -> pool3 features [N, 2048] (float32 tensor, differentiable)."""
+    net = load_inception(str(device))
+    x = (images.to(device).float().clamp(-1, 1) + 1) / 2  # [0, 1]
+    x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    f = net(x * (INPUT_RANGE[1] - INPUT_RANGE[0]) + INPUT_RANGE[0])
+    return f.reshape(f.shape[0], -1)
+
+
 @torch.no_grad()
 def inception_features(images: torch.Tensor, device="cpu", batch: int = 50) -> np.ndarray:
     """Images [N, 3, H, W] in [-1, 1] -> pool3 features [N, 2048] (float64 numpy)."""
-    net = load_inception(str(device))
-    out = []
-    for b in range(0, len(images), batch):
-        x = (images[b : b + batch].to(device).float().clamp(-1, 1) + 1) / 2  # [0, 1]
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = x * (INPUT_RANGE[1] - INPUT_RANGE[0]) + INPUT_RANGE[0]
-        f = net(x)
-        out.append(f.reshape(f.shape[0], -1).double().cpu().numpy())
+    out = [inception_pool3(images[b : b + batch], device).double().cpu().numpy() for b in range(0, len(images), batch)]
     return np.concatenate(out)
 
 

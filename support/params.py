@@ -236,6 +236,24 @@ class ReportParams(Section):
         return value
 
 
+class ProjectParams(Section):
+    """`facesem project`: StyleGAN2's projector (Karras et al. 2020, Sec. 5; NVlabs projector.py)."""
+
+    steps: int = Field(ge=1)  # optimisation steps per photo
+    space: Literal["w", "w+"]  # one w for every layer (the paper's W) | one w per layer
+    distance: Literal["vgg16", "inception"]  # perceptual distance (support.perceptual)
+    initial_lr: float = Field(gt=0)  # Adam's peak learning rate
+    lr_rampup: float = Field(ge=0, le=1)  # fraction of the steps the rate ramps up over (linear)
+    lr_rampdown: float = Field(gt=0, le=1)  # fraction of the steps it ramps down over (cosine)
+    initial_noise_factor: float = Field(ge=0)  # std of the noise added to w, in units of w's spread
+    noise_ramp: float = Field(gt=0, le=1)  # fraction of the steps over which that noise fades (quadratic)
+    noise_regularize: float = Field(ge=0)  # weight of the noise maps' multi-scale autocorrelation penalty
+    optimize_noise: bool  # optimise the per-layer noise maps too (NVlabs: yes)
+    mse_weight: float = Field(ge=0)  # weight of a pixel MSE term (images in [-1, 1]) next to the distance
+    w_avg_samples: int = Field(ge=2)  # z samples for the mean w and its spread
+    seed: int = Field(ge=0)  # the initial noise maps and the noise added to w
+
+
 class FlowParams(Section):
     """Orchestration (Prefect): parallelism, retries and timeouts of stages.
 
@@ -287,6 +305,7 @@ class Params(Section):
     factorize: FactorizeParams
     cluster: ClusterParams
     report: ReportParams
+    project: ProjectParams
     flow: FlowParams
 
     def section_hash(self, *names: str) -> str:
