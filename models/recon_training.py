@@ -54,6 +54,7 @@ from models.linear_semantics import derangement, manipulate, pair_differences, p
 from models.recon_metrics import erode
 from models.renderer import render
 from models.resize import resize
+from models.vgg16 import masked_feature_distance
 
 
 class Reconstructions(NamedTuple):
@@ -142,13 +143,18 @@ def reconstruction_losses(
     fov_deg: float = 10.0,
     invalid_cost: float = INVALID_COST,
     mirror_weight: float = 0.0,
+    perceptual: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    perceptual_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Decomposition, Reconstructions]:
     """Loss of one batch images [B, 3, r, r] in [-1, 1] (see module doc).
 
-    ``partner`` [B] (a derangement) is required when swap_prob > 0.
-    Raises FloatingPointError when a decomposition output is not finite.
-    Returns (total, parts, decomposition, reconstructions); parts: "recon",
-    "recon_flip", ("mutual",) ("mirror",) "total".
+    ``partner`` [B] (a derangement) is required when swap_prob > 0. ``perceptual``: images
+    [n, 3, r, r] -> features [n, C, h, w] (e.g. VGG16 relu3_3, as Unsup3D); with
+    ``perceptual_weight`` > 0 the reconstruction and (times flip_weight) the flipped one are
+    also compared in that feature space (models.vgg16.masked_feature_distance, Unsup3D's
+    perceptual term with a fixed sigma). Raises FloatingPointError when a decomposition output
+    is not finite. Returns (total, parts, decomposition, reconstructions); parts: "recon",
+    "recon_flip", ("mutual",) ("mirror",) ("perceptual",) "total".
     """
     if swap_prob > 0 and partner is None:
         raise ValueError("swap_prob > 0 needs a partner permutation")
@@ -173,6 +179,16 @@ def reconstruction_losses(
     if mirror_weight > 0:
         parts["mirror"] = mirror_consistency(decomposer, images, dec.view, dec.light)
         total = total + mirror_weight * parts["mirror"]
+    if perceptual_weight > 0:
+        if perceptual is None:
+            raise ValueError("perceptual_weight > 0 needs a perceptual feature network")
+        n = images.shape[0]
+        feats = perceptual(torch.cat([images, rec.recon, rec.flip]))
+        target = feats[:n].detach()
+        parts["perceptual"] = masked_feature_distance(feats[n : 2 * n], target, mask) + flip_weight * (
+            masked_feature_distance(feats[2 * n :], target, mask)
+        )
+        total = total + perceptual_weight * parts["perceptual"]
     parts["total"] = total
     return total, parts, dec, rec
 
@@ -335,6 +351,8 @@ class ReconTrainer:
         invalid_cost: float = INVALID_COST,  # loss charged per pixel the reconstruction does not cover
         yaw_limit_deg: float | None = None,  # cap s where the tracked slope predicts |yaw| beyond this
         mirror_weight: float = 0.0,  # weight of the mirror consistency of view and light
+        perceptual: Callable[[torch.Tensor], torch.Tensor] | None = None,  # images -> features (VGG16 relu3_3)
+        perceptual_weight: float = 0.0,  # weight of the perceptual term (Unsup3D: 1); 0 = off
     ):
         if not 0.0 <= swap_prob <= 1.0:
             raise ValueError(f"swap_prob must be in [0, 1], got {swap_prob}")
@@ -346,6 +364,9 @@ class ReconTrainer:
         )
         self.flip_weight, self.swap_prob, self.erode_px = flip_weight, swap_prob, erode_px
         self.invalid_cost, self.mirror_weight = invalid_cost, mirror_weight
+        if perceptual_weight > 0 and perceptual is None:
+            raise ValueError("perceptual_weight > 0 needs a perceptual feature network")
+        self.perceptual, self.perceptual_weight = perceptual, perceptual_weight
         self.fov_deg = fov_deg
         self.generate, self.yaw_augment = generate, yaw_augment
         self.yaw_every, self.yaw_scale, self.yaw_fraction = yaw_every, yaw_scale, yaw_fraction
@@ -384,6 +405,8 @@ class ReconTrainer:
             fov_deg=self.fov_deg,
             invalid_cost=self.invalid_cost,
             mirror_weight=self.mirror_weight,
+            perceptual=self.perceptual,
+            perceptual_weight=self.perceptual_weight,
         )
 
     def step(self, images: torch.Tensor, w: torch.Tensor | None = None) -> dict[str, float]:

@@ -34,15 +34,26 @@ class VGG16Features(nn.Module):
             self.blocks.append(nn.Sequential(*layers))
         self.register_buffer("mean", torch.tensor(BGR_MEAN).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, images: torch.Tensor, blocks: int = 5) -> list[torch.Tensor]:
+        """The outputs of the first `blocks` blocks (5: all; 3 stops at relu3_3, Unsup3D's layer)."""
         x = (images.flip(1) + 1) * 127.5 - self.mean  # RGB [-1, 1] -> BGR 0..255 minus the mean
         out = []
-        for k, block in enumerate(self.blocks):
+        for k, block in enumerate(self.blocks[:blocks]):
             if k:
                 x = F.max_pool2d(x, 2, 2, ceil_mode=True)
             x = block(x)
             out.append(x)
         return out
+
+
+def masked_feature_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Squared distance of channel-normalised features a, b [B, C, h, w] (as lpips_distance, one
+    layer), averaged over positions weighted by mask [B, 1, H, W] in [0, 1] (area-resized to h x w):
+    Unsup3D's perceptual loss with the LPIPS normalisation and a fixed sigma. A 0-d tensor in [0, 4]."""
+    m = F.adaptive_avg_pool2d(mask, a.shape[-2:])
+    na = a / (a.square().sum(1, keepdim=True) + eps).sqrt()
+    nb = b / (b.square().sum(1, keepdim=True) + eps).sqrt()
+    return ((na - nb).square().sum(1, keepdim=True) * m).sum() / m.sum().clamp_min(eps)
 
 
 def lpips_distance(a: list[torch.Tensor], b: list[torch.Tensor], eps: float = 1e-10) -> torch.Tensor:

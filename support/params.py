@@ -156,6 +156,7 @@ class ReconParams(Section):
     eval_batch: int = Field(ge=1)  # images per forward pass (evaluation, decompose)
     invalid_cost: float = Field(ge=0)  # loss of a pixel the view leaves unrendered
     mirror_weight: float = Field(ge=0)  # view/light of the mirror image = mirrored view/light; 0 = off
+    perceptual_weight: float | None = Field(default=None, ge=0)  # VGG16 relu3_3 term (Unsup3D: 1); None/0 = off
     probe_images: int = Field(ge=8, le=1024)  # fixed images checked for a collapse at every snapshot
     max_recoveries: int = Field(ge=0)  # restarts from the best healthy snapshot (new seed) on a collapse
     allow_degenerate: bool  # decompose: go on with a decomposer marked degenerate

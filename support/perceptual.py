@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from models.vgg16 import BLOCKS, VGG16Features, lpips_distance
-from support.inception import inception_pool3
 
 KINDS = ("vgg16", "inception")
 
@@ -92,5 +91,7 @@ def perceptual_distance(kind: str, device: str | torch.device = "cpu") -> Percep
 
         return PerceptualDistance(kind, vgg_features, lpips_distance)
     if kind == "inception":
+        from support.inception import inception_pool3  # noqa: PLC0415  (kept out of train_recon's code deps)
+
         return PerceptualDistance(kind, lambda x: inception_pool3(x, device), lambda a, b: (a - b).square().sum(1))
     raise ValueError(f"perceptual distance must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -158,6 +158,31 @@ def test_losses_mutual_term_uses_partner_and_is_skipped_at_zero():
         reconstruction_losses(model, images, swap_prob=0.5)
 
 
+def test_perceptual_term_adds_to_the_total_and_is_scale_free():
+    from models.vgg16 import masked_feature_distance
+    from support.perceptual import load_vgg16
+
+    vgg = load_vgg16()
+    features = lambda x: vgg(x, blocks=3)[-1]  # relu3_3, as Unsup3D
+    f, depth, albedo = face_maps(2, seed=3)
+    dec = decomposition(depth, albedo, f[:, :6].clone(), f[:, 6:14])
+    images = render_reconstructions(dec).recon.detach()
+    model = FixedDecomposer(dec)
+    base, parts0, _, _ = reconstruction_losses(model, images, invalid_cost=0.0)
+    total, parts, _, _ = reconstruction_losses(
+        model, images, invalid_cost=0.0, perceptual=features, perceptual_weight=2.0
+    )
+    assert "perceptual" not in parts0 and 0 < float(parts["perceptual"])
+    torch.testing.assert_close(total, base + 2.0 * parts["perceptual"])
+    a = torch.rand(1, 8, 4, 4)
+    mask = torch.ones(1, 1, 16, 16)
+    assert float(masked_feature_distance(a, 3 * a, mask)) == pytest.approx(0, abs=1e-6)  # scale-free
+    assert float(masked_feature_distance(a, torch.rand(1, 8, 4, 4), mask)) > 0.01
+    assert float(masked_feature_distance(a, torch.rand(1, 8, 4, 4), torch.zeros_like(mask))) == 0
+    with pytest.raises(ValueError, match="perceptual"):
+        ReconTrainer(model, perceptual_weight=1.0)
+
+
 def test_trainer_draws_derangements(monkeypatch):
     f, depth, albedo = face_maps(5, 16, seed=5)
     trainer = ReconTrainer(FixedDecomposer(decomposition(depth, albedo, f[:, :6], f[:, 6:14])), swap_prob=0.5)
