@@ -75,22 +75,46 @@ def curves_figure(csv: Path, x: str, columns: list[str], path: Path, title: str)
     return save_figure(fig, path)
 
 
-def univariate_edits(params: Params, data: Path, path: Path) -> list[str]:
-    """Rows: (direction, seed); columns: s in [-scale, scale] (Fig. 1/4). Returns the row labels."""
+def edit_ranges(report_params, evaluation: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """|s| per edit row, and the directions left out with the reason.
+
+    With report.target_stds, a direction's row reaches s_d = target_stds / (its semantic's data stds
+    per unit s, evaluate.json `edit`), at most report.scale; entangled directions (evaluate.json
+    `entangled`) are left out, unless all are (then all are drawn, and said so). Without it, or
+    before evaluate ran, every row spans report.scale."""
+    ranges, left_out = {}, {}
+    for name in report_params.directions:
+        moved = evaluation.get("edit", {}).get(name, {}).get("target_std_per_s")
+        if report_params.target_stds is None or not moved:
+            ranges[name] = report_params.scale
+            continue
+        ranges[name] = min(report_params.scale, report_params.target_stds / abs(moved))
+        if name in evaluation.get("entangled", {}):
+            e = evaluation["entangled"][name]
+            left_out[name] = f"entangled: moves {e['moves_more']} more than {name}"
+    if len(left_out) == len(ranges):  # nothing would be drawn: draw them all, flagged
+        return ranges, {k: v + "; drawn anyway, as every direction is" for k, v in left_out.items()}
+    return {k: v for k, v in ranges.items() if k not in left_out}, left_out
+
+
+def univariate_edits(params: Params, data: Path, path: Path, evaluation: dict) -> tuple[list[str], dict[str, str]]:
+    """Rows: (direction, seed); columns: s from -s_d to s_d (Fig. 1/4, `edit_ranges`).
+    Returns the row labels and the directions left out with the reason."""
     report_params = params.report
     gen = load_generator(data / "gan" / "generator.safetensors", select_device(params.device))
-    scales = np.linspace(-report_params.scale, report_params.scale, report_params.steps).tolist()
+    ranges, left_out = edit_ranges(report_params, evaluation)
     rows, labels = [], []
-    for name in report_params.directions:
+    for name, s_max in ranges.items():
         v, sigma = load_direction(data / "directions.zarr", name)
+        scales = np.linspace(-s_max, s_max, report_params.steps).tolist()
         rows.append(edit_grid(gen, v.float(), sigma, report_params.seeds, scales))
-        labels += [f"{name} (seed {s})" for s in report_params.seeds]
+        labels += [f"{name} (seed {s}, |s| <= {s_max:.2g})" for s in report_params.seeds]
     grid = np.concatenate(rows)  # uint8 [rows * cols, 3, R, R] at the generator's resolution
     if gen.resolution > PAGE_SIDE:  # the full-resolution grid beside the page; the page shows a downsized copy
-        save_grid(grid, path.with_name(f"{path.stem}_full.png"), ncols=len(scales))
+        save_grid(grid, path.with_name(f"{path.stem}_full.png"), ncols=report_params.steps)
         grid = resize_uint8(torch.from_numpy(grid), PAGE_SIDE).numpy()
-    save_grid(grid, path, ncols=len(scales), scale=max(1, 96 // min(gen.resolution, PAGE_SIDE)))
-    return labels
+    save_grid(grid, path, ncols=report_params.steps, scale=max(1, 96 // min(gen.resolution, PAGE_SIDE)))
+    return labels, left_out
 
 
 def run(params: Params, data: Path, out: Path) -> dict:
@@ -186,12 +210,16 @@ def run(params: Params, data: Path, out: Path) -> dict:
     uni = Section("Univariate manipulations (Fig. 1 and 4)")
     edits = out / "univariate_edits.png"
     try:
-        labels = univariate_edits(params, data, edits)
-        uni.image(
-            edits,
-            f"Eq. 4 edits, s from -{params.report.scale:g} to {params.report.scale:g} sigma_w; rows: "
-            + ", ".join(labels),
+        labels, left_out = univariate_edits(params, data, edits, ev)
+        reach = (
+            f"s from -s_d to s_d sigma_w, s_d moving the direction's semantic {params.report.target_stds:g} data stds "
+            f"(at most {params.report.scale:g})"
+            if params.report.target_stds is not None
+            else f"s from -{params.report.scale:g} to {params.report.scale:g} sigma_w"
         )
+        uni.image(edits, f"Eq. 4 edits, {reach}; rows: " + ", ".join(labels))
+        if left_out:
+            uni.warning("Entangled: " + "; ".join(f"{k} ({v})" for k, v in left_out.items()) + ".")
     except (FileNotFoundError, KeyError, ValueError) as err:
         uni.text(f"not drawn: {err}")
     sections.append(uni)

@@ -220,7 +220,10 @@ class ReportParams(Section):
 
     directions: list[str]  # rows of the edit figure
     seeds: list[int]  # faces edited per direction
-    scale: float = Field(gt=0)  # s in [-scale, scale]
+    scale: float = Field(gt=0)  # the largest |s| of a row (all rows: s in [-scale, scale] when target_stds is None)
+    # per row, s in [-s_d, s_d] with s_d moving the direction's own semantic this many data stds
+    # (evaluate.json edit.target_std_per_s), at most `scale`; entangled directions are left out
+    target_stds: float | None = Field(default=None, gt=0)
     steps: int = Field(ge=2)
 
     @field_validator("directions")

@@ -228,6 +228,28 @@ def test_dvc_repro_then_flow_then_param_change(tiny_repo):
     assert rows and "Table 2 (diagonal)" in rows[-1][0]
 
 
+def test_a_real_portrait_is_projected_and_edited_along_the_pipelines_directions(tiny_repo, tmp_path):
+    """The real-photo path on the run's own outputs: photo -> align -> project -> edit (yaw)."""
+    import skimage.data
+    from PIL import Image
+
+    root, env = tiny_repo
+    if not (root / "data" / "directions.zarr").exists():
+        _dvc(root, env, "repro")
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()).save(photo)
+    facesem = [sys.executable, "-m", "pipeline.cli"]
+    proc = _run(
+        [*facesem, "project", str(photo), "--out", str(tmp_path / "w.zarr"), "--steps", "3", "--json"], root, env
+    )
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 1 and summary["steps"] == 3 and np.isfinite(summary["psnr_db"])
+    out = tmp_path / "edit.jpg"
+    _run([*facesem, "edit", "--direction", "yaw", "--latent", str(tmp_path / "w.zarr"), "--out", str(out)], root, env)
+    with Image.open(out) as grid:
+        assert grid.format == "JPEG" and grid.size[0] > grid.size[1]  # one row: generation + 7 edits
+
+
 def test_dask_sharded_stages_equal_the_single_process_run(tiny_repo):
     """sample_latents and decompose as 2 shard tasks each on a local Dask cluster (2 worker
     processes), writing disjoint regions of one Zarr store: the same arrays as the

@@ -219,3 +219,30 @@ def test_report_states_entangled_directions_and_a_flat_dendrogram(built, tmp_pat
     report.run(parse_params(raw), data, data / "report")
     page = (data / "report" / "index.html").read_text()
     assert "Entangled directions" not in page and "Flat dendrogram" not in page and "no better than" not in page
+
+
+def test_edit_rows_reach_target_stds_and_leave_out_entangled_directions():
+    from stages.report import edit_ranges
+    from tests.conftest import make_params
+
+    params = make_params(report={"directions": ["yaw", "pitch", "roll"], "scale": 8.0, "target_stds": 2.0}).report
+    evaluation = {
+        "edit": {
+            "yaw": {"target_std_per_s": 1.0},
+            "pitch": {"target_std_per_s": 0.1},
+            "roll": {"target_std_per_s": 0.5},
+        },
+        "entangled": {"roll": {"moves_more": "yaw", "other": 0.6, "own": 0.5}},
+    }
+    ranges, left_out = edit_ranges(params, evaluation)
+    assert ranges == {"yaw": 2.0, "pitch": 8.0}  # 2 stds at 1 std per s; pitch capped at report.scale
+    assert "moves yaw more than roll" in left_out["roll"]
+    fixed, none_left = edit_ranges(params.model_copy(update={"target_stds": None}), evaluation)
+    assert fixed == {"yaw": 8.0, "pitch": 8.0, "roll": 8.0} and none_left == {}
+    assert edit_ranges(params, {})[0] == {"yaw": 8.0, "pitch": 8.0, "roll": 8.0}  # before evaluate ran
+    every = {
+        "edit": evaluation["edit"],
+        "entangled": {n: evaluation["entangled"]["roll"] for n in ("yaw", "pitch", "roll")},
+    }
+    drawn, flagged = edit_ranges(params, every)  # all entangled: all drawn, all flagged
+    assert set(drawn) == {"yaw", "pitch", "roll"} and all("drawn anyway" in v for v in flagged.values())
