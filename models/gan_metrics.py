@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
-import scipy.linalg
 import torch
 
 
@@ -17,15 +15,19 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians."""
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # N < D: singular is expected
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():  # regularise, as the reference code does
-        offset = np.eye(len(sigma1)) * 1e-6
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (FID, Heusel et al. 2017).
+
+    Tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1 S2, which are those
+    of the symmetric PSD matrix S1^(1/2) S2 S1^(1/2): two symmetric eigendecompositions instead of
+    the reference code's general matrix square root (scipy.linalg.sqrtm), the same value to
+    rounding (tested) and about 50x faster at 2048 dimensions. Eigenvalues below 0 (rounding of a
+    singular covariance, N < D) count as 0.
+    """
+    w1, v1 = np.linalg.eigh(np.asarray(sigma1, np.float64))
+    root1 = (v1 * np.sqrt(np.clip(w1, 0, None))) @ v1.T  # S1^(1/2)
+    m = root1 @ np.asarray(sigma2, np.float64) @ root1
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
 
 
 @torch.no_grad()

@@ -26,6 +26,18 @@ def test_frechet_distance_closed_form():
     assert frechet_distance(m, s, m2, s2) == pytest.approx(16.0, rel=1e-6)
 
 
+def test_frechet_distance_equals_the_reference_matrix_square_root():
+    """The eigenvalue form against the reference code's Tr(sqrtm(S1 S2)), full-rank and singular (N < D)."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(1)
+    for n, d in ((500, 40), (20, 64)):
+        x, y = rng.normal(size=(n, d)), rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.3 + 0.5
+        (m1, s1), (m2, s2) = feature_statistics(x), feature_statistics(y)
+        reference = ((m1 - m2) ** 2).sum() + np.trace(s1 + s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real)
+        assert frechet_distance(m1, s1, m2, s2) == pytest.approx(reference, rel=1e-6, abs=1e-6)
+
+
 def test_path_length_of_a_linear_generator():
     # G(w) = A w with L2 distance squared: d / eps^2 = |A (w1 - w0)|^2 exactly
     A = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
