@@ -186,6 +186,12 @@ def run(params: Params, data: Path, out: Path) -> dict:
             f"Verdict: healthy (no collapse sign on the probe images; exported step {recon.get('exported_step')}).",
             reading=True,
         )
+    if recon.get("hollow_face"):
+        rec.warning(
+            "Hollow face: the estimated yaw is anti-correlated with the true one "
+            f"(r = {recon.get('yaw_corr', 0):.2f}), the concave/convex flip of a face seen from the front; "
+            "depth and view directions are inverted."
+        )
     for r in recon.get("recoveries", []):
         rec.warning(
             f"Collapse at step {r['step']} ({'; '.join(r['reasons'])}); training restarted from step "

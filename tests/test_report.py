@@ -192,7 +192,7 @@ def test_report_loads_in_headless_chromium_with_no_broken_image(built, tmp_path)
         assert im.size == (1200, 1600) and len(set(im.convert("L").getdata())) > 10  # not a blank page
 
 
-def test_report_states_entangled_directions_and_a_flat_dendrogram(built, tmp_path):
+def test_report_states_entangled_directions_a_hollow_face_and_a_flat_dendrogram(built, tmp_path):
     d, _ = built
     data = tmp_path / "data"
     shutil.copytree(d, data)
@@ -201,7 +201,9 @@ def test_report_states_entangled_directions_and_a_flat_dendrogram(built, tmp_pat
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["device"], raw["report"]["directions"] = "cpu", ["yaw"]
     ev_json, cl_json = data / "metrics" / "evaluate.json", data / "metrics" / "cluster.json"
-    ev, cl = json.loads(ev_json.read_text()), json.loads(cl_json.read_text())
+    rec_json = data / "metrics" / "recon.json"
+    ev, cl, rec = (json.loads(p.read_text()) for p in (ev_json, cl_json, rec_json))
+    rec_json.write_text(json.dumps({**rec, "hollow_face": True, "yaw_corr": -0.4}))
     ev_json.write_text(json.dumps({**ev, "entangled": {"roll": {"moves_more": "yaw", "other": 0.51, "own": 0.23}}}))
     cl_json.write_text(
         json.dumps(
@@ -212,13 +214,16 @@ def test_report_states_entangled_directions_and_a_flat_dendrogram(built, tmp_pat
     page = (data / "report" / "index.html").read_text()
     assert "Entangled directions (1 of 14): roll moves yaw more than roll (0.51 vs 0.23" in page
     assert "Flat dendrogram" in page and "no better than putting every component in one cluster" in page
+    assert "Hollow face: the estimated yaw is anti-correlated with the true one (r = -0.40)" in page
     ev_json.write_text(json.dumps({**ev, "entangled": {}}))  # a negative control: nothing stated when nothing is wrong
+    rec_json.write_text(json.dumps({**rec, "hollow_face": False, "yaw_corr": 0.4}))
     cl_json.write_text(
         json.dumps({**cl, "cos_within_region": 0.4, "cos_across_region": 0.1, "purity": 0.8, "purity_one_cluster": 0.5})
     )
     report.run(parse_params(raw), data, data / "report")
     page = (data / "report" / "index.html").read_text()
     assert "Entangled directions" not in page and "Flat dendrogram" not in page and "no better than" not in page
+    assert "Hollow face" not in page
 
 
 def test_edit_rows_reach_target_stds_and_leave_out_entangled_directions():
