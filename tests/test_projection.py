@@ -84,9 +84,8 @@ def _linear_generator(resolution: int = 32) -> tuple[LatentGenerator, LinearFace
     return LatentGenerator(net.eval(), "linear", {}), net
 
 
-def test_projection_recovers_the_yaw_of_known_generations_and_edits_them_like_the_truth():
-    """Linear generator (exact truth: yaw = f0 + scale * D w): projected generations keep their
-    yaw, and the Eq. 4 edit of a projected w moves yaw as the same edit of the true w."""
+def test_projection_recovers_the_yaw_of_known_generations():
+    """Linear generator (exact truth: yaw = f0 + scale * D w): projected generations keep their yaw."""
     gen, net = _linear_generator()
     w = torch.randn(4, net.w_dim, generator=torch.Generator().manual_seed(1))
     params = make_params(project={"steps": 80, "w_avg_samples": 2000}).project
@@ -98,12 +97,6 @@ def test_projection_recovers_the_yaw_of_known_generations_and_edits_them_like_th
     assert r > 0.95, (r, true_yaw, found_yaw)
     assert float((true_yaw - found_yaw).abs().max()) < 6.0  # degrees, of a spread of ~17
     assert found.psnr_db.min() > 17, found.psnr_db
-    v = net.directions[yaw]
-    moved_true = net.factors(manipulate(w, v, 2.0, 1.0))[:, yaw] - net.factors(manipulate(w, v, -2.0, 1.0))[:, yaw]
-    moved_found = (
-        net.factors(manipulate(w_found, v, 2.0, 1.0))[:, yaw] - net.factors(manipulate(w_found, v, -2.0, 1.0))[:, yaw]
-    )
-    assert torch.allclose(moved_found, moved_true, rtol=0.05), (moved_found, moved_true)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +104,10 @@ def shipped():
     return load_generator(SHIPPED)
 
 
-def test_projection_of_shipped_gan_generations_reaches_25_db(shipped):
+def test_projection_of_a_shipped_gan_generation_reaches_25_db_and_edits_like_the_truth(shipped):
+    """PSNR >= 25 dB after 200 steps; then Eq. 4 edits (s = +-3 along SeFa's first two directions)
+    of the projected w and of the true w: their images differ by less than half of what the edit
+    itself changes (in squared error, >= 3 dB; measured: 4.6 to 16 dB)."""
     z = torch.randn(1, shipped.z_dim, generator=torch.Generator().manual_seed(123))
     truth = shipped.synthesis(shipped.mapping(z))
     params = make_params(project={"steps": 200, "w_avg_samples": 2000}).project
@@ -125,6 +121,13 @@ def test_projection_of_shipped_gan_generations_reaches_25_db(shipped):
     after = [b for n, b in shipped.net.named_buffers() if n.endswith("noise_const")]
     assert all(torch.equal(a, b) for a, b in zip(before, after))  # the caller's generator is untouched
     assert psnr_db(truth[0], truth[0]) == float("inf")
+    w_true, w_found = shipped.mapping(z), found.ws[:, 0]
+    sefa = torch.linalg.svd(torch.cat(shipped.modulation_weights()), full_matrices=False)[2]
+    for v in sefa[:2]:
+        for s in (-3.0, 3.0):
+            edited_true = shipped.synthesis(manipulate(w_true, v, s, 1.0))
+            edited_found = shipped.synthesis(manipulate(w_found, v, s, 1.0))
+            assert psnr_db(edited_found, edited_true) >= psnr_db(edited_true, truth) + 3.0
 
 
 def test_w_plus_projection_and_bad_targets(shipped):
