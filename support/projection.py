@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.projector import project
+from models.resize import resize
 from store.images import find_images, load_face_image, read_photo, signed_to_uint8
 from support.generators import LatentGenerator
 from support.landmarks import LandmarkDetector, aligned_faces
@@ -40,17 +40,12 @@ def w_statistics(gen: LatentGenerator, samples: int, seed: int) -> tuple[torch.T
 
 
 def to_generator_input(images: np.ndarray, resolution: int) -> torch.Tensor:
-    """uint8 [n, 3, h, w] -> float [n, 3, resolution, resolution] in [-1, 1] (area resize when larger,
-    bilinear when smaller). Raises ValueError for anything but 3-channel square images."""
+    """uint8 [n, 3, h, w] -> float [n, 3, resolution, resolution] in [-1, 1] (models.resize: area when
+    shrinking, bilinear when enlarging). Raises ValueError for anything but 3-channel square images."""
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
         raise ValueError(f"images must be uint8 [n, 3, h, h], got {list(images.shape)}")
     x = torch.from_numpy(np.ascontiguousarray(images)).float() / 127.5 - 1
-    if x.shape[-1] != resolution:
-        mode = "area" if x.shape[-1] > resolution else "bilinear"
-        x = F.interpolate(
-            x, size=(resolution, resolution), mode=mode, **({} if mode == "area" else {"align_corners": False})
-        )
-    return x.clamp(-1, 1)
+    return resize(x, resolution).clamp(-1, 1)
 
 
 def read_targets(inputs: list[Path], side: int, align: bool, min_size: int = 32) -> tuple[list, np.ndarray, list]:
