@@ -20,8 +20,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     Tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1 S2, which are those
     of the symmetric PSD matrix S1^(1/2) S2 S1^(1/2): two symmetric eigendecompositions instead of
     the reference code's general matrix square root (scipy.linalg.sqrtm), the same value to
-    rounding (tested) and about 50x faster at 2048 dimensions. Eigenvalues below 0 (rounding of a
-    singular covariance, N < D) count as 0.
+    rounding (tested) and about 8x faster at 2048 dimensions (11 s against 89 s on one thread).
+    Eigenvalues below 0 (rounding of a singular covariance, N < D) count as 0.
     """
     w1, v1 = np.linalg.eigh(np.asarray(sigma1, np.float64))
     root1 = (v1 * np.sqrt(np.clip(w1, 0, None))) @ v1.T  # S1^(1/2)

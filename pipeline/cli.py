@@ -176,7 +176,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from store.artifacts import read_json
     from store.images import GRID_FORMATS, save_grid
     from support.device import select_device
-    from support.edit import edit_grid, edit_latents, load_direction
+    from support.edit import edit_grid, load_direction
     from support.generators import load_generator
 
     root = project_root()
@@ -193,7 +193,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     direction, sigma_w = load_direction(stores, args.direction)
     gen = load_generator(root / args.generator, select_device(args.device))
     if args.image or args.latent:
-        grid, ncols, rows = _edit_photos(args, gen, direction, sigma_w, scales, edit_latents)
+        grid, ncols, rows = _edit_photos(args, gen, direction, sigma_w, scales)
         out = save_grid(grid, args.out, ncols=ncols, scale=args.zoom)
         what = f"{len(rows)} {'photos' if args.image else 'latents'} ({', '.join(rows)})"
         columns = ("original, reconstruction, " if args.image else "generation, ") + f"s = {scales}"
@@ -213,35 +213,26 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _edit_photos(args, gen, direction, sigma_w, scales, edit_latents):
+def _edit_photos(args, gen, direction, sigma_w, scales):
     """--image (project first, then edit; the original leads each row) or --latent (edit stored latents)."""
     import numpy as np
 
-    if args.latent:
-        from tools.project import read_latents
+    from support.edit import edit_latents
+    from support.params import load_params
+    from tools.project import read_and_project, read_latents
 
+    if args.latent:
         ws, names, noise = read_latents(args.latent)
         return edit_latents(gen, ws, direction, sigma_w, scales, noise), 1 + len(scales), names
-    from store.images import signed_to_uint8
-    from support.params import load_params
-    from support.projection import project_images, read_targets, to_generator_input
-
     params = load_params(project_root() / "params.yaml").project
     if args.steps:
         params = params.model_copy(update={"steps": args.steps})
-    names, images, skipped = read_targets(args.image, gen.resolution, align=not args.no_align)
+    names, images, projected, skipped = read_and_project(gen, args.image, params, align=not args.no_align)
     for file, reason in skipped:
         print(f"skipped {file}: {reason}", file=sys.stderr)
-    if not names:
-        raise ValueError("no usable photo to edit (" + "; ".join(f"{f}: {r}" for f, r in skipped) + ")")
-    targets = to_generator_input(images, gen.resolution)
-    projected = project_images(gen, targets, params)
-    edits = edit_latents(gen, projected.ws, direction, sigma_w, scales, projected.noise).reshape(
-        len(names), 1 + len(scales), *images.shape[1:]
-    )
-    originals = signed_to_uint8(targets)[:, None]
-    grid = np.concatenate([originals, edits], 1).reshape(-1, *images.shape[1:])
-    return grid, 2 + len(scales), names
+    edits = edit_latents(gen, projected.ws, direction, sigma_w, scales, projected.noise)
+    rows = np.concatenate([images[:, None], edits.reshape(len(names), 1 + len(scales), *images.shape[1:])], 1)
+    return rows.reshape(-1, *images.shape[1:]), 2 + len(scales), names
 
 
 def cmd_project(args: argparse.Namespace) -> int:

@@ -27,6 +27,20 @@ def find_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Photos named on a command line: files as given, folders searched (`find_images`), in order.
+    Raises FileNotFoundError naming an input that does not exist."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += find_images(item)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item} not found")
+    return files
+
+
 def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB: 16/32-bit integer data scaled from the 16-bit range, alpha
     composited over ``background``; raises ValueError for data with no defined range (mode F)."""

@@ -7,6 +7,7 @@ through models.linear_semantics.manipulate.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -98,23 +99,15 @@ def edit_latents(
     for ws [n, num_ws, d]; ws [n, d] for W). noise: the projector's noise maps {buffer name: [n, r, r]},
     used for latent i's row (else the generator's constant ones)."""
     device = gen.device
-    net = gen.net
-    if noise:
-        import copy  # noqa: PLC0415
-
-        net = copy.deepcopy(gen.net)
+    if noise:  # a copy whose noise maps take each latent's own
+        gen = LatentGenerator(copy.deepcopy(gen.net), gen.kind, gen.meta)
+    buffers = gen.noise_maps()
     rows = []
     for i in range(len(ws)):
         w = ws[i].to(device)
         w = w[None] if w.ndim == 1 else w  # [num_ws or 1, d]
-        edited = [w] + [manipulate(w, direction.to(device), s, sigma_w) for s in scales]
-        batch = torch.stack(edited)  # [1 + k, num_ws or 1, d]
-        if noise:
-            for name, maps in noise.items():
-                net.synthesis.get_buffer(name).copy_(torch.from_numpy(maps[i]))
-        if gen.kind == "stylegan2":
-            images = net.synthesis(batch if batch.shape[1] > 1 else batch[:, 0], noise_mode="const")
-        else:
-            images = net.synthesis(batch[:, 0])
-        rows.append(signed_to_uint8(images))
+        batch = torch.stack([w] + [manipulate(w, direction.to(device), s, sigma_w) for s in scales])
+        for name, maps in (noise or {}).items():
+            buffers[name].copy_(torch.from_numpy(maps[i]))
+        rows.append(signed_to_uint8(gen.synthesis(batch if batch.shape[1] > 1 else batch[:, 0])))
     return np.concatenate(rows)

@@ -65,6 +65,11 @@ class LatentGenerator:
         return self.net.resolution
 
     @property
+    def num_ws(self) -> int:
+        """w vectors synthesis reads (one per layer, W+): StyleGAN2's num_ws, 1 for the linear generator."""
+        return self.net.num_ws if self.kind == "stylegan2" else 1
+
+    @property
     def device(self) -> torch.device:
         return next(iter([*self.net.parameters(), *self.net.buffers()])).device
 
@@ -84,6 +89,13 @@ class LatentGenerator:
             return found
         return [self.net.directions * self.net.scale[:, None]]
 
+    def noise_maps(self) -> dict[str, torch.Tensor]:
+        """The constant noise maps synthesis reads, {synthesis buffer name: [r, r]} (the tensors
+        themselves, not copies); {} for the linear generator."""
+        if self.kind != "stylegan2":
+            return {}
+        return {n: b for n, b in self.net.synthesis.named_buffers() if n.endswith("noise_const")}
+
     @torch.no_grad()
     def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
         """z [B, z_dim] -> w [B, w_dim], pulled toward the mean w by truncation_psi < 1."""
@@ -92,10 +104,11 @@ class LatentGenerator:
         return self.net.mapping(z, truncation_psi)
 
     def synthesis(self, w: torch.Tensor) -> torch.Tensor:
-        """w [B, w_dim] -> images [B, 3, H, W] in [-1, 1] (deterministic: constant noise)."""
+        """w [B, w_dim], or ws [B, num_ws, w_dim] (one per layer, W+) -> images [B, 3, H, W] in [-1, 1]
+        (deterministic: the generator's constant noise maps)."""
         if self.kind == "stylegan2":
             return self.net.synthesis(w, noise_mode="const")
-        return self.net.synthesis(w)
+        return self.net.synthesis(w[:, 0] if w.ndim == 3 else w)  # num_ws = 1
 
 
 def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> LatentGenerator:

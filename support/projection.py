@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from models.projector import project
 from models.resize import resize
-from store.images import find_images, load_face_image, read_photo, signed_to_uint8
+from store.images import expand_inputs, load_face_image, read_photo, signed_to_uint8
 from support.generators import LatentGenerator
 from support.landmarks import LandmarkDetector, aligned_faces
 from support.params import ProjectParams
@@ -52,14 +52,7 @@ def read_targets(inputs: list[Path], side: int, align: bool, min_size: int = 32)
     """Files or folders -> (names, uint8 [n, 3, side, side], skipped [(file, reason)]).
 
     Raises FileNotFoundError naming an input that does not exist."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += find_images(item)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"{item} not found")
+    files = expand_inputs(inputs)
     detector = LandmarkDetector() if align else None
     names, images, skipped = [], [], []
     for path in files:
@@ -105,15 +98,9 @@ def project_images(
     start = time.perf_counter()
     w_avg, w_std = w_statistics(gen, params.w_avg_samples, params.seed)
     measure = perceptual_distance(params.distance, device)
-    net = copy.deepcopy(gen.net)
-    if gen.kind == "stylegan2":
-        names = [n for n, _ in net.synthesis.named_buffers() if n.endswith("noise_const")]
-        noise_maps = [net.synthesis.get_buffer(n) for n in names]
-        num_ws = net.num_ws
-        synthesis = lambda ws: net.synthesis(ws, noise_mode="const")
-    else:  # the linear generator: one w, no noise
-        names, noise_maps, num_ws = [], [], 1
-        synthesis = lambda ws: net.synthesis(ws[:, 0])
+    copied = LatentGenerator(copy.deepcopy(gen.net), gen.kind, gen.meta)  # its noise maps are optimised
+    maps = copied.noise_maps()
+    names, noise_maps = list(maps), list(maps.values())
     for m in noise_maps:
         m.requires_grad_(params.optimize_noise)
     ws, images, dist, psnr, noise = [], [], [], [], {n: [] for n in names if params.optimize_noise}
@@ -121,13 +108,13 @@ def project_images(
     for i in range(len(targets)):
         target = targets[i : i + 1].to(device)
         result = project(
-            synthesis,
+            copied.synthesis,
             target,
             measure.features,
             measure.distance,
             w_avg.to(device),
             w_std,
-            num_ws,
+            gen.num_ws,
             noise_maps,
             steps=params.steps,
             space=params.space,

