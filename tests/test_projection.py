@@ -201,6 +201,9 @@ def test_cli_project_and_edit_a_real_portrait(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["edit", "--direction", "yaw", "--latent", str(out), "--out", str(tmp_path / "x.gif")]) == 2
     assert ".gif" in capsys.readouterr().err and not (tmp_path / "x.gif").exists()
+    (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY\x01\x00")  # a truncated latents file
+    assert main(["edit", "--direction", "yaw", "--latent", str(tmp_path / "cut.npy"), "--out", str(grid)]) == 2
+    assert "cut.npy: not a readable .npy" in capsys.readouterr().err
     assert main(["project", str(photos / "broken.jpg"), "--out", str(tmp_path / "b.zarr")]) == 2
     assert "no usable photo" in capsys.readouterr().err
     assert main(["project", str(photos), "--out", str(tmp_path / "w.pt")]) == 2

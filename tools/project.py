@@ -99,7 +99,10 @@ def read_latents(path: str | Path) -> tuple[torch.Tensor, list[str], dict[str, n
         w, names = np.asarray(group["w"][...]), list(group.attrs["names"])
         noise = {n: np.asarray(group[f"noise/{k}"][...]) for k, n in enumerate(group.attrs.get("noise_buffers", []))}
     elif path.suffix == ".npy":
-        w, noise = np.load(path, allow_pickle=False), {}
+        try:
+            w, noise = np.load(path, allow_pickle=False), {}
+        except (ValueError, OSError, EOFError) as err:  # truncated or not an array
+            raise ValueError(f"{path}: not a readable .npy of latents ({err})") from None
         sidecar = path.with_suffix(".json")
         names = (
             json.loads(sidecar.read_text())["names"]
