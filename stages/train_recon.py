@@ -49,7 +49,7 @@ from support.distributed import (
 from support.generators import load_generator
 from support.params import Params
 from support.perceptual import load_vgg16
-from support.recon import PANEL_COLUMNS, decomposer_config, evaluate, panel, yaw_scatter
+from support.recon import PANEL_COLUMNS, decomposer_config, evaluate, initial_weights, panel, yaw_scatter
 from support.stage import stage_args
 from support.training_run import TrainingRun, trajectory
 
@@ -71,6 +71,11 @@ NOT_TRAJECTORY = {
 CURVE_KEYS = ("step", "total", "recon", "recon_flip", "mutual", "n_augmented", "yaw_updates", "img_per_s")
 
 
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file, first 16 hex digits (a changed file is another trajectory)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 class Batches:
     """Training images [B, 3, r, r] in [-1, 1] and their w [B, d] (None for faces.zarr)."""
 
@@ -82,7 +87,7 @@ class Batches:
         if recon_params.train_on == "generator":
             self.gen = load_generator(generator, device)
             self.psi = recon_params.truncation_psi
-            self.source_id = hashlib.sha256(generator.read_bytes()).hexdigest()[:16]
+            self.source_id = file_digest(generator)
             z = torch.randn(
                 recon_params.panel_images,
                 self.gen.z_dim,
@@ -127,6 +132,8 @@ def build_trainer(params: Params, batches: Batches, device) -> ReconTrainer:
         log.info("recon.yaw_augment ignored: it needs generations (recon.train_on=generator)")
     torch.manual_seed(recon_params.seed)
     model = Decomposer(decomposer_config(recon_params)).to(device)
+    if recon_params.init:
+        model.load_state_dict(initial_weights(recon_params, device))
     return ReconTrainer(
         model,
         lr=recon_params.lr,
@@ -189,11 +196,17 @@ def train(
         raise ValueError(f"recon.batch_size {recon_params.batch_size} must be divisible by the {world.size} ranks")
     trainer = build_trainer(params, batches, device)
     broadcast_parameters(trainer.decomposer)
+    section = params.recon.model_dump()
+    init = section.pop("init")  # without init, a run keeps the trajectory it had before the key existed
     run = TrainingRun(
         "train_recon",
         run_dir,
         trajectory(
-            params.recon.model_dump(), NOT_TRAJECTORY, source=batches.source_id, asymmetry=params.data.asymmetry
+            section,
+            NOT_TRAJECTORY,
+            source=batches.source_id,
+            asymmetry=params.data.asymmetry,
+            **({"init": file_digest(init)} if init else {}),  # the file's content, not its path
         ),
         world,
         recon_params.keep_checkpoints,
@@ -224,6 +237,8 @@ def train(
         "train_on": recon_params.train_on,
         "source_id": batches.source_id,
         "params_hash": params.section_hash("recon"),
+        "init": init,
+        "init_sha256": file_digest(init) if init else None,
     }
 
     def state() -> dict:

@@ -132,7 +132,8 @@ class ReconParams(Section):
     nf_conf: int = Field(ge=2)  # confidence nets (Unsup3D: 64)
     zdim_conf: int = Field(ge=4)  # (Unsup3D: 128)
     depth_prior: float = Field(ge=0)  # convex start against the hollow-face solution; 0 = Unsup3D
-    steps: int = Field(ge=0)  # optimisation steps in this run
+    init: str | None = None  # a decomposer.safetensors to start from (its architecture = the keys above); None: new
+    steps: int = Field(ge=0)  # optimisation steps in this run (after init: fine-tuning; 0 = use init as is)
     batch_size: int = Field(ge=2)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)

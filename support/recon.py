@@ -51,6 +51,23 @@ def load_decomposer(weights: str | Path, device="cpu", allow_degenerate: bool = 
     return model.to(device).eval().requires_grad_(False)
 
 
+def initial_weights(recon: ReconParams, device="cpu") -> dict[str, torch.Tensor]:
+    """The weights of the decomposer `recon.init` names, for a new training run to start from.
+
+    Raises CheckpointError (missing / unreadable file), ValueError when its sidecar marks it
+    degenerate (unless recon.allow_degenerate) or when its architecture differs from recon's
+    (naming each key, both values).
+    """
+    model = load_decomposer(recon.init, device, allow_degenerate=recon.allow_degenerate)
+    theirs, ours = model.config.to_dict(), decomposer_config(recon).to_dict()
+    differ = [f"recon.{k}: {theirs[k]} in the file, {ours[k]} in params" for k in ours if theirs.get(k) != ours[k]]
+    if differ:
+        raise ValueError(
+            f"recon.init {recon.init}: another architecture ({'; '.join(differ)}); set those keys to the file's"
+        )
+    return model.state_dict()
+
+
 @torch.no_grad()
 def panel(decomposer: Decomposer, images: torch.Tensor) -> np.ndarray:
     """Rows of PANEL_COLUMNS for images [k, 3, r, r] in [-1, 1] -> uint8 [5k, 3, r, r] (row-major).

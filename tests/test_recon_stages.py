@@ -295,3 +295,27 @@ def test_decompose_refuses_an_incomplete_latents_store(repo_root, stores, tmp_pa
     sample_latents.run(params, stores["generator"], tmp_path / "lat.zarr", "prepare")
     with pytest.raises(Exception, match="incomplete"):
         decompose.run(params, tmp_path / "recon" / "decomposer.safetensors", tmp_path / "lat.zarr", tmp_path / "s.zarr")
+
+
+def test_recon_init_starts_from_a_decomposer_and_refuses_another_architecture(repo_root, stores, tmp_path):
+    _train(tiny(repo_root, seed=5), stores, tmp_path / "a")  # another seed: other initial weights than c's
+    init = tmp_path / "a" / "recon" / "decomposer.safetensors"
+    shipped = load_checkpoint(init)[0]
+    as_is = _train(tiny(repo_root, init=str(init), steps=0), stores, tmp_path / "b")  # 0 steps: the file, as is
+    weights, meta = load_checkpoint(tmp_path / "b" / "recon" / "decomposer.safetensors")
+    for key in shipped:
+        torch.testing.assert_close(weights[key], shipped[key], msg=key)
+    assert meta["init"] == str(init) and len(meta["init_sha256"]) == 16 and as_is["steps"] == 0
+    for name, init_key in (("c", str(init)), ("scratch", None)):
+        _train(tiny(repo_root, init=init_key, steps=3), stores, tmp_path / name)
+    tuned = load_checkpoint(tmp_path / "c" / "recon" / "decomposer.safetensors")[0]
+    scratch = load_checkpoint(tmp_path / "scratch" / "recon" / "decomposer.safetensors")[0]
+    floats = [k for k in shipped if shipped[k].is_floating_point()]
+
+    def gap(a, b):
+        return torch.cat([(a[k] - b[k]).flatten() for k in floats]).norm().item()
+
+    assert 0 < gap(tuned, shipped) < 0.1 * gap(scratch, shipped)  # fine-tuned from the file, not from new nets
+    with pytest.raises(ValueError, match=r"recon.nf_map: \d+ in the file, 12 in params"):
+        _train(tiny(repo_root, init=str(init), nf_map=12), stores, tmp_path / "d")
+    assert not (tmp_path / "d" / "recon").exists()
