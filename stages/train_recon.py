@@ -280,7 +280,7 @@ def train(
                 f"train_recon: the 3D decomposition collapsed at step {trainer.steps}: "
                 f"{'; '.join(reasons)}. {len(recoveries)} recoveries (recon.max_recoveries) were "
                 f"used: {recoveries}. Panels: {run_dir / 'panels'}, probe log: {run_dir / 'health.csv'}. Try "
-                f"another recon.seed or a lower recon.lr."
+                f"another recon.seed, a lower recon.lr, or (with recon.yaw_augment) a lower recon.yaw_limit_deg."
             )
         seed = recon_params.seed + 1000 * (len(recoveries) + 1)
         restart = monitor.best_step

@@ -54,6 +54,9 @@ class TruthDecomposer(nn.Module):
             albedo = torch.zeros_like(albedo)
         if self.sabotage.get("hollow"):
             depth = 2 * depth.mean((1, 2), keepdim=True) - depth
+        if "flatten" in self.sabotage:  # the relief shrunk to this fraction
+            mean = depth.mean((1, 2), keepdim=True)
+            depth = mean + self.sabotage["flatten"] * (depth - mean)
         sigma = torch.full((len(images), 1, R, R), 0.05)
         return Decomposition(depth, albedo, self.predict_view(images), self.light[idx], sigma, sigma)
 
@@ -83,6 +86,8 @@ def test_each_forced_collapse_is_named():
     yaw = verdict(yaw=30.0)  # yaw no longer depends on the input
     assert any("no longer varies" in r for r in yaw) and any("ignores the input" in r for r in yaw)
     assert any("hollow face" in r for r in verdict(hollow=True))
+    assert any("relief flattened" in r for r in verdict(flatten=0.2))
+    assert not any("relief flattened" in r for r in verdict(flatten=0.5))  # half the relief: not yet a sheet
 
 
 def test_a_loss_far_above_its_best_is_divergence():

@@ -21,6 +21,7 @@ from tests.conftest import tiny_linear_params
 
 def tiny(repo_root, **recon):
     six_steps = {"steps": 6, "snapshot_steps": 3, "log_every": 1, "n_eval": 12, "yaw_every": 2, "yaw_start": 0}
+    six_steps["yaw_augment"] = True  # the stage's augmentation paths (the default is off, README)
     return tiny_linear_params(latents={"n": 40, "chunk": 16, "batch_size": 8}, recon={**six_steps, **recon})
 
 
