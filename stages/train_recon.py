@@ -198,6 +198,7 @@ def train(
     broadcast_parameters(trainer.decomposer)
     section = params.recon.model_dump()
     init = section.pop("init")  # without init, a run keeps the trajectory it had before the key existed
+    init_sha = file_digest(init) if init else None  # the file's content, not its path
     run = TrainingRun(
         "train_recon",
         run_dir,
@@ -206,7 +207,7 @@ def train(
             NOT_TRAJECTORY,
             source=batches.source_id,
             asymmetry=params.data.asymmetry,
-            **({"init": file_digest(init)} if init else {}),  # the file's content, not its path
+            **({"init": init_sha} if init else {}),
         ),
         world,
         recon_params.keep_checkpoints,
@@ -238,7 +239,7 @@ def train(
         "source_id": batches.source_id,
         "params_hash": params.section_hash("recon"),
         "init": init,
-        "init_sha256": file_digest(init) if init else None,
+        "init_sha256": init_sha,
     }
 
     def state() -> dict:
