@@ -1,7 +1,7 @@
 """The landmark oracle (support/landmark_oracle.py) against ground truth: synthetic faces rendered
 with known pose, as the real-photo issue's validation asks.
 
-    .venv/bin/python benchmarks/landmark_oracle.py [--faces 200] [--size 128] [--pose wide] [--json]
+    .venv/bin/python benchmarks/landmark_oracle.py [--faces 200] [--size 128] [--pose wide] [--fov 10] [--json]
 
 Prints detection rates (all faces, and |yaw| <= 45 degrees) and, on the detected faces, Pearson r
 and the mean absolute error (degrees) of pitch, yaw and roll; with --json ends with one JSON line
@@ -29,11 +29,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--pose", default="wide", choices=("frontal", "wide"))
     parser.add_argument("--detector", default="hog", choices=("hog", "cnn"))
+    parser.add_argument(
+        "--fov", type=float, default=None, help="camera field of view in degrees (the renders': 10); default f = width"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    res = validate(LandmarkPoseOracle(args.detector), args.faces, args.size, args.pose)
+    res = validate(LandmarkPoseOracle(args.detector, args.fov), args.faces, args.size, args.pose)
     res["detector"] = args.detector
     res["seconds"] = round(time.perf_counter() - start, 1)
     print(

@@ -82,20 +82,28 @@ class HealthThresholds:
     hollow: bool = True  # convexity < 0 is degenerate
 
 
+RELATIVE = ("recon_contrast", "albedo_std", "yaw_std_deg", "convexity")  # judged against their best so far
+
+
 @dataclass
 class HealthMonitor:
     """Running bests of the probe measures and the verdict of each snapshot.
 
-    ``check(measures) -> reasons`` ([] = healthy) and, when healthy, folds the measures into
-    the bests. ``state_dict`` / ``load_state_dict`` (JSON-able) let a resumed run continue.
+    ``check(measures) -> reasons`` ([] = healthy; ``failed`` then names the relative measures that
+    collapsed), ``update`` folds a healthy snapshot into the bests, ``restart_step`` says where a
+    recovery should restart. ``state_dict`` / ``load_state_dict`` (JSON-able) let a resumed run
+    continue.
     """
 
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
     best: dict[str, float] = field(default_factory=dict)  # best healthy value of each measure
     best_step: int | None = None  # step of the lowest healthy probe loss
+    best_steps: dict[str, int] = field(default_factory=dict)  # step of each RELATIVE measure's best
+    failed: list[str] = field(default_factory=list)  # RELATIVE measures the last check found collapsed
 
     def check(self, m: dict[str, float]) -> list[str]:
         t, b, reasons = self.thresholds, self.best, []
+        self.failed = []
         if m["valid_frac"] < t.min_valid_frac:
             reasons.append(
                 f"valid-pixel fraction {m['valid_frac']:.2f} < {t.min_valid_frac} "
@@ -113,6 +121,7 @@ class HealthMonitor:
         ):
             best = b.get(key)
             if best is not None and (floor is None or best >= floor) and m[key] < t.collapse_ratio * best:
+                self.failed.append(key)
                 reasons.append(f"{what}: {key} {m[key]:.3g} < {t.collapse_ratio} x its best {best:.3g}")
         if abs(m["yaw_flip_bias_deg"]) > t.max_flip_bias_deg:
             reasons.append(
@@ -129,16 +138,39 @@ class HealthMonitor:
 
     def update(self, step: int, m: dict[str, float]) -> bool:
         """Fold healthy measures into the bests; True when this is the new best (lowest) probe loss."""
-        for key in ("recon_contrast", "albedo_std", "yaw_std_deg", "convexity"):
-            self.best[key] = max(self.best.get(key, m[key]), m[key])
+        for key in RELATIVE:
+            if key not in self.best or m[key] > self.best[key]:
+                self.best[key], self.best_steps[key] = m[key], step
         new_best = m["probe_loss"] < self.best.get("probe_loss", float("inf"))
         if new_best:
             self.best["probe_loss"], self.best_step = m["probe_loss"], step
         return new_best
 
+    def restart_step(self) -> int | None:
+        """Where a recovery restarts after a collapse: the earliest step at which a measure that
+        has now collapsed (``failed``) was at its best, or the lowest-loss step if that is earlier
+        or nothing relative failed; None when no snapshot was healthy. A slow drift (the relief
+        flattening over 1000 steps while the probe loss still falls) has already degraded the
+        lowest-loss snapshot: restarting there re-collapsed both recoveries of the run it was
+        measured on (README)."""
+        if self.best_step is None:
+            return None
+        return min([self.best_steps[k] for k in self.failed if k in self.best_steps] + [self.best_step])
+
+    def rewind(self, step: int, probe_loss: float) -> None:
+        """Training restarts at `step`, whose probe loss was `probe_loss`: the lowest-loss snapshot
+        becomes that one, so a later one of the abandoned branch is never exported."""
+        self.best["probe_loss"], self.best_step = probe_loss, step
+
     def state_dict(self) -> dict:
-        return {"thresholds": asdict(self.thresholds), "best": dict(self.best), "best_step": self.best_step}
+        return {
+            "thresholds": asdict(self.thresholds),
+            "best": dict(self.best),
+            "best_step": self.best_step,
+            "best_steps": dict(self.best_steps),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.thresholds = HealthThresholds(**state["thresholds"])
         self.best, self.best_step = dict(state["best"]), state["best_step"]
+        self.best_steps = {k: int(v) for k, v in state.get("best_steps", {}).items()}  # older runs lack it

@@ -76,7 +76,7 @@ def run_landmarks(params: Params, gen, oracle_dir: Path, directions: Path, out: 
         evaluate_params.batch_size,
         evaluate_params.seed,
         device,
-        LandmarkPoseOracle(params.oracle.landmark_detector),
+        LandmarkPoseOracle(params.oracle.landmark_detector, params.oracle.landmark_fov_deg),
     )
     table2 = found["table2"]  # [k, 3]
     validation = read_json(oracle_dir / "landmarks.json")

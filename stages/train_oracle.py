@@ -63,13 +63,14 @@ def run_landmarks(params: Params, out: Path, metrics: Path) -> dict:
     """oracle.kind: landmarks: nothing to train; validate it on rendered faces of known pose and
     record that (out/landmarks.json, the metrics) with the same oracle_r2 / flagged keys."""
     start = time.perf_counter()
-    oracle = LandmarkPoseOracle(params.oracle.landmark_detector)
+    oracle = LandmarkPoseOracle(params.oracle.landmark_detector, params.oracle.landmark_fov_deg)
     check = validate(oracle, params.oracle.landmark_faces, params.oracle.landmark_size)
     oracle_r2 = {n: check["r2"][n] for n in POSE_NAMES}
     flagged = [n for n, v in oracle_r2.items() if v is None or v < params.oracle.r2_threshold]
     result = {
         "kind": "landmarks",
         "detector": params.oracle.landmark_detector,
+        "fov_deg": params.oracle.landmark_fov_deg,
         "measures": list(POSE_NAMES),
         "oracle_r2": oracle_r2,
         "flagged": flagged,

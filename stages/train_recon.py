@@ -8,10 +8,12 @@ keeps checkpoints, per-snapshot panels and curves.csv in `--run` (persisted by D
 interrupted run resumes), and ground-truth metrics on synthetic faces in `--metrics`.
 
 Every snapshot is checked for a collapse on a fixed probe batch (models.recon_health, logged
-to health.csv). A collapsed snapshot restarts training from the best healthy one with a new
-seed (`recon.max_recoveries` times, then the stage fails naming the signs); the best healthy
-snapshot, not the last, is exported. `recon.json` records the verdict (`degenerate`, `reasons`,
-`recoveries`, `exported_step`); `decompose` refuses a decomposer marked degenerate.
+to health.csv). A collapsed snapshot restarts training with a new seed from the healthy snapshot
+where the collapsed measure was at its best, or the lowest-loss one if that is earlier
+(models.recon_health.HealthMonitor.restart_step; `recon.max_recoveries` times, then the stage
+fails naming the signs); the lowest-loss healthy snapshot, not the last, is exported. `recon.json`
+records the verdict (`degenerate`, `reasons`, `recoveries`, `exported_step`); `decompose` refuses
+a decomposer marked degenerate.
 """
 
 from __future__ import annotations
@@ -185,8 +187,8 @@ def train(
     """Train to recon.steps, resuming from run_dir's newest matching checkpoint. Under torchrun
     each rank trains on batch_size / world images per step with averaged gradients; rank 0 writes.
 
-    Each snapshot is probed (models.recon_health): a collapsed one restarts from the best healthy
-    snapshot (or from scratch when there is none) with seed recon.seed + 1000 k for the k-th
+    Each snapshot is probed (models.recon_health): a collapsed one restarts from
+    ``HealthMonitor.restart_step`` (or from scratch when nothing was healthy) with seed recon.seed + 1000 k for the k-th
     recovery; after recon.max_recoveries the stage raises ``Collapse``. Returns the trainer holding
     the best healthy snapshot's weights and the run's info (``exported_step``, ``recoveries``, ...).
     """
@@ -260,6 +262,20 @@ def train(
         run.write_curves("curves.csv", rows, CURVE_KEYS)
         run.write_curves("health.csv", health_rows, HEALTH_KEYS)
 
+    def measure_best(step: int) -> Path:
+        return run.checkpoints / f"best-step-{step:09d}.safetensors"
+
+    def keep_measure_bests(measures: dict) -> None:
+        """Keep this snapshot while it holds a measure's best (a recovery may restart there); drop
+        the ones no measure points to any more."""
+        wanted = set(monitor.best_steps.values())
+        if trainer.steps in wanted:
+            run.save(trainer.steps, state(), {**meta, "health": measures}, name=measure_best(trainer.steps).stem)
+        for old in run.checkpoints.glob("best-step-*.safetensors"):
+            if int(old.stem.rsplit("-", 1)[1]) not in wanted:
+                old.unlink()
+                old.with_suffix(".json").unlink(missing_ok=True)
+
     def check_health() -> bool:
         """Probe this snapshot; True when it is healthy (the best one is kept as best.safetensors)."""
         measures = probe(trainer.decomposer, batches.probe_images, invalid_cost=recon_params.invalid_cost)
@@ -271,9 +287,10 @@ def train(
                 "verdict": "; ".join(reasons) or "healthy",
             }
         )
-        if not reasons and monitor.update(trainer.steps, measures):
-            run.save(trainer.steps, state(), {**meta, "health": measures}, name="best")
         if not reasons:
+            if monitor.update(trainer.steps, measures):
+                run.save(trainer.steps, state(), {**meta, "health": measures}, name="best")
+            keep_measure_bests(measures)
             return True
         if len(recoveries) >= recon_params.max_recoveries:
             run.write_curves("health.csv", health_rows, HEALTH_KEYS)
@@ -284,11 +301,15 @@ def train(
                 f"another recon.seed, a lower recon.lr, or (with recon.yaw_augment) a lower recon.yaw_limit_deg."
             )
         seed = recon_params.seed + 1000 * (len(recoveries) + 1)
-        restart = monitor.best_step
+        restart = monitor.restart_step()
         if restart is not None:
-            saved, _ = load_checkpoint(best_ckpt, device)
+            ckpt = best_ckpt if restart == monitor.best_step else measure_best(restart)
+            saved, saved_meta = load_checkpoint(ckpt, device)
             trainer.load_state_dict(saved["trainer"])
             batches.sampler.set_state(saved["sampler"])
+            if ckpt != best_ckpt:  # the abandoned branch's lowest-loss snapshot is not exported
+                monitor.rewind(restart, saved_meta["health"]["probe_loss"])
+                run.save(restart, saved, saved_meta, name="best")
         else:  # nothing healthy yet: start afresh
             fresh = build_trainer(params, batches, device)
             trainer.decomposer.load_state_dict(fresh.decomposer.state_dict())

@@ -72,3 +72,38 @@ def test_the_cnn_detector_finds_a_face_and_a_bad_kind_is_named():
     assert len(faces) == 1 and faces[0].landmarks.shape == (68, 2) and faces[0].area > 30 * 30
     with pytest.raises(ValueError, match="'hog' or 'cnn'"):
         LandmarkDetector(kind="mtcnn")
+
+
+class _ExactLandmarks:
+    """Stands in for dlib: returns fixed landmarks, as a perfect detector would."""
+
+    def __init__(self, points):
+        self.points = points
+
+    def faces(self, image):
+        from support.landmarks import Face
+
+        return [Face((0, 0, image.shape[1], image.shape[0]), 1.0, self.points)]
+
+
+@pytest.mark.parametrize("fov_deg", [None, 10.0])
+def test_exact_landmarks_give_the_exact_pose_under_either_camera(fov_deg):
+    """The generic face posed by the renderer's rotation and projected through the oracle's camera
+    (f = width, or the renderer's 10-degree camera) is read back as that pose."""
+    from models.renderer import FACE_CENTRE
+
+    model, size = np.load(GENERIC_FACE), 128
+    angles = (8.0, -25.0, 6.0)
+    R = rotation_matrix(*(torch.tensor([a], dtype=torch.float64) for a in angles))[0].numpy()
+    oracle = LandmarkPoseOracle(_ExactLandmarks(None), fov_deg=fov_deg)
+    k = oracle.camera(size, size)
+    depth = np.array(FACE_CENTRE, dtype=np.float64)[2] * (1.0 if fov_deg else 0.2)  # in the frame either way
+    cam = model @ R.T + np.array([0.0, 0.0, depth])
+    uv = cam @ k.T
+    oracle.detector.points = uv[:, :2] / uv[:, 2:]
+    assert oracle.pose(np.zeros((size, size, 3), np.uint8)) == pytest.approx(angles, abs=1e-4)
+
+
+def test_a_camera_field_of_view_outside_0_180_is_refused():
+    with pytest.raises(ValueError, match="fov_deg"):
+        LandmarkPoseOracle(_ExactLandmarks(None), fov_deg=180.0)

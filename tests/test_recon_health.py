@@ -128,4 +128,22 @@ def test_monitor_state_round_trips():
     monitor.update(500, probe(truth, truth.images))
     other = HealthMonitor()
     other.load_state_dict(monitor.state_dict())
-    assert other.best == monitor.best and other.best_step == 500
+    assert other.best == monitor.best and other.best_step == 500 and other.best_steps == monitor.best_steps
+
+
+def test_a_drift_restarts_where_the_collapsed_measure_was_best():
+    """The relief peaks at step 250 and flattens while the loss still falls; the collapse at step
+    750 restarts at 250, a collapse of a measure still at its best at the lowest-loss step at 500."""
+    monitor, truth = HealthMonitor(), TruthDecomposer()
+    m = probe(truth, truth.images)
+    assert monitor.restart_step() is None  # nothing healthy yet: a fresh start
+    monitor.update(250, m)
+    monitor.update(500, {**m, "convexity": 0.5 * m["convexity"], "probe_loss": m["probe_loss"] - 0.1})
+    assert monitor.best_steps["convexity"] == 250 and monitor.best_step == 500
+    flat = {**m, "convexity": 0.1 * m["convexity"], "probe_loss": m["probe_loss"] - 0.2}
+    assert any("relief flattened" in r for r in monitor.check(flat)) and monitor.failed == ["convexity"]
+    assert monitor.restart_step() == 250
+    assert monitor.check({**m, "valid_frac": 0.1}) and monitor.failed == []  # out of frame: no relative measure
+    assert monitor.restart_step() == 500
+    monitor.rewind(250, m["probe_loss"])
+    assert monitor.best_step == 250 and monitor.best["probe_loss"] == m["probe_loss"]

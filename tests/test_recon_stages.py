@@ -320,3 +320,24 @@ def test_recon_init_starts_from_a_decomposer_and_refuses_another_architecture(re
     with pytest.raises(ValueError, match=r"recon.nf_map: \d+ in the file, 12 in params"):
         _train(tiny(repo_root, init=str(init), nf_map=12), stores, tmp_path / "d")
     assert not (tmp_path / "d" / "recon").exists()
+
+
+def test_a_slow_drift_restarts_where_the_failing_measure_was_best(repo_root, stores, tmp_path, monkeypatch):
+    """Snapshots at 3, 6, 9. The relief peaks at step 3 and flattens while the probe loss still falls:
+    step 6 is the lowest-loss snapshot (healthy: 0.012 >= 0.3 x 0.03), step 9 a sheet. The recovery
+    restarts from step 3, where the relief was best, not from step 6, and step 6 of the abandoned
+    branch is never exported."""
+    _scripted_probe(
+        monkeypatch,
+        {"convexity": 0.03},
+        {"convexity": 0.012, "probe_loss": -1.5},
+        {"convexity": 0.005, "probe_loss": -1.6},
+        {"probe_loss": -0.9},  # the new branch: step 6, then step 9
+        {"probe_loss": -1.1},
+    )
+    result = _train(tiny(repo_root, steps=9), stores, tmp_path)
+    (recovery,) = result["recoveries"]
+    assert recovery["step"] == 9 and recovery["restart_step"] == 3 and "relief flattened" in recovery["reasons"][0]
+    assert result["steps"] == 9 and result["exported_step"] == 9 and result["degenerate"] is False
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("best*.safetensors"))
+    assert "best-step-000000003.safetensors" in names  # still the relief's best
