@@ -308,8 +308,9 @@ def train(
             trainer.load_state_dict(saved["trainer"])
             batches.sampler.set_state(saved["sampler"])
             if ckpt != best_ckpt:  # the abandoned branch's lowest-loss snapshot is not exported
-                monitor.rewind(restart, saved_meta["health"]["probe_loss"])
-                run.save(restart, saved, saved_meta, name="best")
+                monitor.rewind(restart, saved_meta["health"])
+                if monitor.best_step == restart:
+                    run.save(restart, saved, saved_meta, name="best")
         else:  # nothing healthy yet: start afresh
             fresh = build_trainer(params, batches, device)
             trainer.decomposer.load_state_dict(fresh.decomposer.state_dict())

@@ -145,5 +145,14 @@ def test_a_drift_restarts_where_the_collapsed_measure_was_best():
     assert monitor.restart_step() == 250
     assert monitor.check({**m, "valid_frac": 0.1}) and monitor.failed == []  # out of frame: no relative measure
     assert monitor.restart_step() == 500
-    monitor.rewind(250, m["probe_loss"])
+    monitor.rewind(250, m)
     assert monitor.best_step == 250 and monitor.best["probe_loss"] == m["probe_loss"]
+    monitor.rewind(0, {**m, "yaw_std_deg": 0.1})  # a snapshot whose yaw had not learned: nothing to export
+    assert monitor.best_step is None and "probe_loss" not in monitor.best
+
+
+def test_only_a_snapshot_whose_yaw_varies_becomes_the_lowest_loss_one():
+    monitor, truth = HealthMonitor(), TruthDecomposer()
+    m = probe(truth, truth.images)
+    assert not monitor.update(250, {**m, "yaw_std_deg": 0.25, "probe_loss": m["probe_loss"] - 1})
+    assert monitor.best_step is None and monitor.update(500, m) and monitor.best_step == 500

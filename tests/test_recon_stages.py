@@ -341,3 +341,11 @@ def test_a_slow_drift_restarts_where_the_failing_measure_was_best(repo_root, sto
     assert result["steps"] == 9 and result["exported_step"] == 9 and result["degenerate"] is False
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("best*.safetensors"))
     assert "best-step-000000003.safetensors" in names  # still the relief's best
+
+
+def test_a_snapshot_whose_yaw_has_not_learned_is_never_exported(repo_root, stores, tmp_path, monkeypatch):
+    """Step 3 has the lowest probe loss but a constant yaw (a flat frontal decomposition); step 6 has
+    learned the view. Step 6 is exported and the result is not degenerate."""
+    _scripted_probe(monkeypatch, {"yaw_std_deg": 0.3, "probe_loss": -2.0}, {"probe_loss": -1.0})
+    result = _train(tiny(repo_root), stores, tmp_path)
+    assert result["exported_step"] == 6 and result["degenerate"] is False and not result["recoveries"]
