@@ -11,9 +11,9 @@ Every snapshot is checked for a collapse on a fixed probe batch (models.recon_he
 to health.csv). A collapsed snapshot restarts training with a new seed from the healthy snapshot
 where the collapsed measure was at its best, or the lowest-loss one if that is earlier
 (models.recon_health.HealthMonitor.restart_step; `recon.max_recoveries` times, then the stage
-fails naming the signs); the lowest-loss healthy snapshot, not the last, is exported. `recon.json`
-records the verdict (`degenerate`, `reasons`, `recoveries`, `exported_step`); `decompose` refuses
-a decomposer marked degenerate.
+fails naming the signs); the lowest-loss healthy snapshot whose yaw varies, not the last, is
+exported. `recon.json` records the verdict (`degenerate`, `reasons`, `recoveries`,
+`exported_step`); `decompose` refuses a decomposer marked degenerate.
 """
 
 from __future__ import annotations
@@ -188,9 +188,11 @@ def train(
     each rank trains on batch_size / world images per step with averaged gradients; rank 0 writes.
 
     Each snapshot is probed (models.recon_health): a collapsed one restarts from
-    ``HealthMonitor.restart_step`` (or from scratch when nothing was healthy) with seed recon.seed + 1000 k for the k-th
-    recovery; after recon.max_recoveries the stage raises ``Collapse``. Returns the trainer holding
-    the best healthy snapshot's weights and the run's info (``exported_step``, ``recoveries``, ...).
+    ``HealthMonitor.restart_step`` (or from scratch when nothing was healthy) with seed
+    recon.seed + 1000 k for the k-th recovery; after recon.max_recoveries the stage raises
+    ``Collapse``. Returns the trainer holding the exported snapshot's weights (the lowest-loss
+    healthy one whose yaw varies, else the last) and the run's info (``exported_step``,
+    ``recoveries``, ...).
     """
     recon_params = params.recon
     world = world or World(0, 1, device)
