@@ -68,6 +68,7 @@ NOT_TRAJECTORY = {
     "eval_seed",
     "eval_batch",
     "max_recoveries",
+    "recovery_lr_factor",
     "allow_degenerate",
 }
 CURVE_KEYS = ("step", "total", "recon", "recon_flip", "mutual", "n_augmented", "yaw_updates", "img_per_s")
@@ -189,10 +190,10 @@ def train(
 
     Each snapshot is probed (models.recon_health): a collapsed one restarts from
     ``HealthMonitor.restart_step`` (or from scratch when nothing was healthy) with seed
-    recon.seed + 1000 k for the k-th recovery; after recon.max_recoveries the stage raises
-    ``Collapse``. Returns the trainer holding the exported snapshot's weights (the lowest-loss
-    healthy one whose yaw varies, else the last) and the run's info (``exported_step``,
-    ``recoveries``, ...).
+    recon.seed + 1000 k and lr recon.lr x recon.recovery_lr_factor^k for the k-th recovery; after
+    recon.max_recoveries the stage raises ``Collapse``. Returns the trainer holding the exported
+    snapshot's weights (the lowest-loss healthy one whose yaw varies, else the last) and the run's
+    info (``exported_step``, ``recoveries``, ...).
     """
     recon_params = params.recon
     world = world or World(0, 1, device)
@@ -320,15 +321,25 @@ def train(
             trainer.yaw, trainer.steps = fresh.yaw, 0
         trainer.reseed(seed + 1)
         batches.sampler.manual_seed(seed)
+        lr = recon_params.lr * recon_params.recovery_lr_factor ** (len(recoveries) + 1)
+        for group in trainer.optimizer.param_groups:  # kept in the optimizer state: a resumed run keeps it
+            group["lr"] = lr
         recoveries.append(
-            {"step": int(health_rows[-1]["step"]), "reasons": reasons, "restart_step": trainer.steps, "seed": seed}
+            {
+                "step": int(health_rows[-1]["step"]),
+                "reasons": reasons,
+                "restart_step": trainer.steps,
+                "seed": seed,
+                "lr": lr,
+            }
         )
         log.warning(
-            "train_recon: collapse at step %s (%s); restarting from step %d with seed %d (recovery %d of %d)",
+            "train_recon: collapse at step %s (%s); restarting from step %d with seed %d, lr %g (recovery %d of %d)",
             health_rows[-1]["step"],
             "; ".join(reasons),
             trainer.steps,
             seed,
+            lr,
             len(recoveries),
             recon_params.max_recoveries,
         )

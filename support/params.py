@@ -161,6 +161,7 @@ class ReconParams(Section):
     perceptual_weight: float | None = Field(default=None, ge=0)  # VGG16 relu3_3 term (Unsup3D: 1); None/0 = off
     probe_images: int = Field(ge=8, le=1024)  # fixed images checked for a collapse at every snapshot
     max_recoveries: int = Field(ge=0)  # restarts from the best healthy snapshot (new seed) on a collapse
+    recovery_lr_factor: float = Field(gt=0, le=1)  # the k-th recovery trains at lr x factor^k
     allow_degenerate: bool  # decompose: go on with a decomposer marked degenerate
     seed: int = Field(ge=0)
 

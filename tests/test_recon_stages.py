@@ -203,6 +203,9 @@ def test_a_collapse_restarts_from_the_best_snapshot_with_a_new_seed(repo_root, s
     result = _train(tiny(repo_root), stores, tmp_path)
     (recovery,) = result["recoveries"]
     assert recovery["step"] == 6 and recovery["restart_step"] == 3 and recovery["seed"] == 1000
+    assert recovery["lr"] == pytest.approx(0.5 * tiny(repo_root).recon.lr)  # recon.recovery_lr_factor 0.5
+    optimizer = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))[0]["trainer"]["optimizer"]
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(recovery["lr"])  # trained (and resumed) at it
     assert "out of the frame" in recovery["reasons"][0]
     assert result["steps"] == 6 and result["exported_step"] == 6 and result["degenerate"] is False
     assert load_checkpoint(tmp_path / "recon" / "decomposer.safetensors")[1]["recoveries"] == [recovery]
