@@ -24,8 +24,10 @@ relief, negating yaw and pitch and mirroring the light direction explains an
 image almost equally well, and which solution training falls into depends on
 the random init (measured: 3 of 7 seeds hollow at 200 steps on synthetic
 faces). (1) ``depth_prior``: a fixed ellipsoidal bump added to the raw depth
-before the tanh (default 0.5, 0 = Unsup3D) tilts the start towards a convex
-face; the nets can override it. (2) The view and light encoders' last layer
+before the tanh (default 1.0, 0 = Unsup3D) tilts the start towards a convex
+face; the nets can override it. At 0.5 the relief of 2 of 3 seeds on the default chain
+flattened into a sheet turned by a growing yaw (at steps 1000 and 2000); at 1.0 none did
+(README, "Over seeds"). (2) The view and light encoders' last layer
 starts at zero (frontal view, frontal even light), so their random init
 carries no yaw or light sign. With both, 7 of 7 seeds learnt a convex face.
 """
@@ -188,7 +190,7 @@ class DecomposerConfig:
     xy_range: float = 0.04  # Unsup3D: 0.1, more than the half-frame (0.0875 at fov 10): the face could leave it
     z_range: float = 0.1
     sigma_eps: float = 1e-4
-    depth_prior: float = 0.5  # amplitude (pre-tanh) of a fixed convex ellipsoid added to the raw depth; 0 = Unsup3D
+    depth_prior: float = 1.0  # amplitude (pre-tanh) of a fixed convex ellipsoid added to the raw depth; 0 = Unsup3D
 
     @classmethod
     def unsup3d(cls, resolution: int = 64, **kw) -> DecomposerConfig:
