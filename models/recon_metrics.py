@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.renderer import depth_to_normals, light_direction, raycast, warp
+from models.renderer import LIGHT_NAMES, VIEW_NAMES, depth_to_normals, light_direction, raycast, warp
 
 
 def erode(mask: torch.Tensor, px: int = 1) -> torch.Tensor:
@@ -97,7 +97,9 @@ def ground_truth_errors(
     side, mad_deg (in the input view, as Unsup3D: the predicted canonical depth seen from
     the predicted view against the true depth seen from the true view, over the true
     face region that both surfaces cover, eroded by ``erode_px``); pitch/yaw/roll_err_deg;
-    pred_yaw_deg; light_err_deg (direction); depth_px (pixels scored).
+    pred_yaw_deg; light_err_deg (direction); depth_px (pixels scored); and est_<name>, the
+    decomposer's estimate of each view and light parameter (VIEW_NAMES + LIGHT_NAMES, the
+    renderer's units), for correlating with the truth.
     """
     dec = decomposer(images)
     pred, true = raycast(dec.depth, dec.view, fov_deg), raycast(depth, view, fov_deg)
@@ -115,4 +117,6 @@ def ground_truth_errors(
         "pred_yaw_deg": dec.view[:, 1],
         "light_err_deg": light_angle_error(dec.light, light),
         "depth_px": mask.sum((1, 2)),
+        **{f"est_{name}": dec.view[:, i] for i, name in enumerate(VIEW_NAMES)},
+        **{f"est_{name}": dec.light[:, i] for i, name in enumerate(LIGHT_NAMES)},
     }

@@ -211,6 +211,9 @@ def run(params: Params, data: Path, out: Path) -> dict:
             f"{recon.get('yaw_mae_extreme_deg', float('nan')):.1f} deg where |yaw| > 45 deg.",
             reading=True,
         )
+    if recon.get("estimate_r"):
+        est = pd.DataFrame({k: [v] for k, v in recon["estimate_r"].items()}, index=["r"]).rename_axis("estimate")
+        rec.table(est, "Pearson r of each view and light estimate with the truth (each Table 2 row's ceiling)", 3)
     sections.append(rec)
 
     uni = Section("Univariate manipulations (Fig. 1 and 4)")

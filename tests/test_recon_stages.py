@@ -15,7 +15,7 @@ from models.recon_training import ReconTrainer
 from stages import decompose, faces, sample_latents, train_gan, train_recon
 from store.artifacts import open_store
 from store.checkpoints import latest_checkpoint, load_checkpoint
-from support.recon import PANEL_COLUMNS, eval_faces, load_decomposer, panel
+from support.recon import PANEL_COLUMNS, eval_faces, evaluate, load_decomposer, panel
 from tests.conftest import tiny_linear_params
 
 
@@ -75,6 +75,21 @@ def test_ground_truth_errors_are_zero_for_the_truth_and_grow_with_errors(repo_ro
     shifted = ground_truth_errors(_Oracle(data["depth"], yaw_off, data["light"]), *args)
     torch.testing.assert_close(shifted["yaw_err_deg"], torch.full((16,), 10.0))
     torch.testing.assert_close(shifted["pred_yaw_deg"], yaw_off[:, 1])
+
+
+def test_estimate_r_is_one_for_the_truth_and_reads_each_parameter_apart(repo_root):
+    params = tiny(repo_root, n_eval=24, eval_batch=24)
+    data = eval_faces(params)
+    exact, per = evaluate(_Oracle(data["depth"], data["view"], data["light"]), params, "cpu")
+    assert set(exact["estimate_r"]) == set(SEMANTIC_NAMES)
+    assert all(r is None or r > 0.9999 for r in exact["estimate_r"].values())
+    assert sum(r is not None for r in exact["estimate_r"].values()) >= 12  # the wide preset varies them
+    np.testing.assert_allclose(per["est_tx"], data["view"][:, 3].numpy())
+    # an estimate swapped with another parameter's truth decorrelates that row only
+    view = data["view"].clone()
+    view[:, 3] = torch.randn(24, generator=torch.Generator().manual_seed(0))
+    noisy, _ = evaluate(_Oracle(data["depth"], view, data["light"]), params, "cpu")
+    assert abs(noisy["estimate_r"]["tx"]) < 0.6 and noisy["estimate_r"]["yaw"] > 0.9999
 
 
 def test_eval_faces_are_reproducible_and_cover_profiles(repo_root):
