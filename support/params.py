@@ -117,7 +117,7 @@ class OracleParams(Section):
     kind: Literal["learned", "landmarks"]  # landmarks: pose from dlib + solvePnP (support.landmark_oracle)
     landmark_faces: int = Field(ge=3)  # landmarks: validation renders of known pose
     landmark_size: int = Field(ge=64, le=1024)  # landmarks: their side
-    landmark_detector: Literal["hog", "cnn"]  # dlib's HOG (fast) or MMOD CNN (more turned faces, ~40x slower)
+    landmark_detector: Literal["hog", "cnn", "hog+cnn"]  # dlib HOG, MMOD CNN, or CNN where HOG fails
     landmark_fov_deg: float | None = Field(default=None, gt=0, lt=180)  # solvePnP camera; None: focal = width
     seed: int = Field(ge=0)
 

@@ -70,8 +70,28 @@ def test_the_cnn_detector_finds_a_face_and_a_bad_kind_is_named():
     photo = (images[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     faces = LandmarkDetector(kind="cnn").faces(photo)
     assert len(faces) == 1 and faces[0].landmarks.shape == (68, 2) and faces[0].area > 30 * 30
-    with pytest.raises(ValueError, match="'hog' or 'cnn'"):
+    with pytest.raises(ValueError, match="hog, cnn, hog\\+cnn; got 'mtcnn'"):
         LandmarkDetector(kind="mtcnn")
+
+
+def test_hog_searches_an_equalized_copy_and_hog_cnn_falls_back_to_the_cnn():
+    from support.landmarks import LandmarkDetector, equalized
+
+    factors = face_model.sample_factors(24, torch.Generator().manual_seed(11), pose="wide")
+    images, _ = face_model.render_faces(factors, 128)
+    photos = (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    plain, hog = LandmarkDetector(kind="hog", equalize=False), LandmarkDetector(kind="hog")
+    cnn, both = LandmarkDetector(kind="cnn"), LandmarkDetector(kind="hog+cnn")
+    # face 6, dimly lit and turned 27 degrees: HOG finds it only on the equalised copy
+    assert not plain.faces(photos[6]) and len(hog.faces(photos[6])) == 1
+    # face 8 (yaw -29): only the CNN finds it, and hog+cnn returns the CNN's face
+    assert not hog.faces(photos[8]) and both.faces(photos[8])[0].box == cnn.faces(photos[8])[0].box
+    # face 0: HOG finds it, so hog+cnn keeps HOG's box and landmarks
+    np.testing.assert_array_equal(both.faces(photos[0])[0].landmarks, hog.faces(photos[0])[0].landmarks)
+    # CLAHE spreads a dim image's luminance and keeps its shape and dtype
+    dim = (photos[6] // 4).astype(np.uint8)
+    eq = equalized(dim)
+    assert eq.shape == dim.shape and eq.dtype == np.uint8 and eq.std() > 1.3 * dim.std()
 
 
 class _ExactLandmarks:
