@@ -99,7 +99,7 @@ def ground_truth_errors(
     face region that both surfaces cover, eroded by ``erode_px``); pitch/yaw/roll_err_deg;
     pred_yaw_deg; light_err_deg (direction); depth_px (pixels scored); and est_<name>, the
     decomposer's estimate of each view and light parameter (VIEW_NAMES + LIGHT_NAMES, the
-    renderer's units), for correlating with the truth.
+    renderer's units; the view as its ``semantic_view`` reports it), for correlating with the truth.
     """
     dec = decomposer(images)
     pred, true = raycast(dec.depth, dec.view, fov_deg), raycast(depth, view, fov_deg)
@@ -108,6 +108,7 @@ def ground_truth_errors(
     mask = erode((pred.mask & true.mask & seen).float(), erode_px)
     pred_d, true_d = pred.view_depth.clamp_min(1e-3), true.view_depth.clamp_min(1e-3)
     ang = angle_errors(dec.view, view)
+    reported = decomposer.semantic_view(dec.view) if hasattr(decomposer, "semantic_view") else dec.view
     return {
         "side": scale_invariant_depth_error(pred_d, true_d, mask),
         "mad_deg": mean_angle_deviation(pred_d, true_d, mask, fov_deg),
@@ -117,6 +118,6 @@ def ground_truth_errors(
         "pred_yaw_deg": dec.view[:, 1],
         "light_err_deg": light_angle_error(dec.light, light),
         "depth_px": mask.sum((1, 2)),
-        **{f"est_{name}": dec.view[:, i] for i, name in enumerate(VIEW_NAMES)},
+        **{f"est_{name}": reported[:, i] for i, name in enumerate(VIEW_NAMES)},
         **{f"est_{name}": dec.light[:, i] for i, name in enumerate(LIGHT_NAMES)},
     }

@@ -35,7 +35,7 @@ def decompose_chunk(model: Decomposer, images: np.ndarray, batch: int, device) -
     for b in range(0, len(images), batch):
         x = resize(to_unit(torch.from_numpy(images[b : b + batch])).to(device), model.resolution)
         dec = model(x)
-        out["semantics"].append(torch.cat([dec.view, dec.light], 1).cpu())
+        out["semantics"].append(torch.cat([model.semantic_view(dec.view), dec.light], 1).cpu())
         out["depth"].append(dec.depth[:, None].cpu())
         out["albedo"].append(dec.albedo.cpu())
     return {k: torch.cat(v).numpy() for k, v in out.items()}

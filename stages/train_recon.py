@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from models.decomposition import SEMANTIC_NAMES, Decomposer
+from models.decomposition import SEMANTIC_NAMES, Decomposer, fit_pivot
 from models.recon_health import HealthMonitor, probe
 from models.recon_training import ReconTrainer
 from models.resize import resize
@@ -71,6 +71,7 @@ NOT_TRAJECTORY = {
     "recovery_lr_factor",
     "allow_degenerate",
 }
+PIVOT_IMAGES = 1024  # training-distribution images the reported view's pivot is fitted on (models.decomposition)
 CURVE_KEYS = ("step", "total", "recon", "recon_flip", "mutual", "n_augmented", "yaw_updates", "img_per_s")
 
 
@@ -85,6 +86,7 @@ class Batches:
     def __init__(self, params: Params, generator: Path, faces: Path, device):
         recon_params = params.recon
         self.batch, self.r, self.device = recon_params.batch_size, recon_params.resolution, device
+        self.seed = recon_params.seed
         self.sampler = torch.Generator().manual_seed(recon_params.seed)
         self.gen = None
         if recon_params.train_on == "generator":
@@ -120,6 +122,16 @@ class Batches:
         """G(w) at the decomposer's resolution (area downsampling), in [-1, 1], quantised to 8 bits
         exactly as sample_latents stores the generations that decompose reads (the same inputs)."""
         return quantize_signed(resize(self.gen.synthesis(w), self.r))
+
+    def pivot_images(self, n: int = PIVOT_IMAGES) -> torch.Tensor:
+        """n fixed training-distribution images [n, 3, r, r] in [-1, 1] (seed recon.seed + 3), for
+        the pivot fit; generated in batches."""
+        g = torch.Generator().manual_seed(self.seed + 3)
+        if self.gen is None:
+            pick = torch.randperm(len(self.images), generator=g)[:n]
+            return to_unit(self.images[pick]).to(self.device)
+        z = torch.randn(n, self.gen.z_dim, generator=g)
+        return torch.cat([self._generate(z[lo : lo + 256])[0] for lo in range(0, n, 256)])
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.gen is not None:
@@ -409,6 +421,15 @@ def train(
     }
 
 
+@torch.no_grad()
+def pivot_offset(decomposer: Decomposer, images: torch.Tensor, batch: int = 256) -> float:
+    """models.decomposition.fit_pivot over the decomposer's views of images [N, 3, r, r]
+    (world units, rounded to 1e-5)."""
+    decomposer.eval()
+    views = torch.cat([decomposer.predict_view(images[lo : lo + batch]) for lo in range(0, len(images), batch)])
+    return round(fit_pivot(views.cpu()), 5)
+
+
 def export(out: Path, trainer: ReconTrainer, batches: Batches, meta: dict, per_face: dict, title: str) -> None:
     """decomposer.safetensors + sidecar, panel.png, eval.csv and yaw_scatter.png into `out` (replaced)."""
     if out.exists():
@@ -433,6 +454,7 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
         teardown()
     if not world.main:
         return {}
+    trainer.decomposer.pivot_offset = pivot_offset(trainer.decomposer, batches.pivot_images())
     summary, per_face = evaluate(trainer.decomposer, params, device)
     final = probe(
         trainer.decomposer, batches.probe_images, invalid_cost=recon_params.invalid_cost
@@ -461,6 +483,7 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
     meta = {
         **info,
         **verdict,
+        "pivot_offset": trainer.decomposer.pivot_offset,
         "config": decomposer_config(recon_params).to_dict(),
         "semantic_names": list(SEMANTIC_NAMES),
         "device": str(device),
@@ -478,6 +501,7 @@ def run(params: Params, generator: Path, faces: Path, out: Path, run_dir: Path, 
         "ranks": info["ranks"],
         "train_on": recon_params.train_on,
         "swap_prob": recon_params.swap_prob,
+        "pivot_offset": trainer.decomposer.pivot_offset,
         "yaw_augment": bool(augmented),
         "yaw_updates": trainer.yaw.updates,
         "seconds": round(time.perf_counter() - start, 1),

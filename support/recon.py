@@ -48,6 +48,7 @@ def load_decomposer(weights: str | Path, device="cpu", allow_degenerate: bool = 
         )
     model = Decomposer(DecomposerConfig(**meta["config"]))
     load_weights(model, state, weights, f"decomposer {meta['config']}")
+    model.pivot_offset = float(meta.get("pivot_offset", 0.0))
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -149,3 +149,42 @@ def test_resize():
     assert resize(y, 64).shape == (2, 3, 64, 64)
     u8 = ((x * 0.5 + 0.5) * 255).round().clamp(0, 255).to(torch.uint8)  # the uint8 variant: same rule, rounded
     torch.testing.assert_close(resize_uint8(u8, 32), resize(u8.float(), 32).round().to(torch.uint8))
+
+
+def test_repivot_compensates_a_moved_depth_and_fit_pivot_recovers_a_planted_offset():
+    from models import faces as face_model
+    from models.renderer import render
+
+    factors = face_model.sample_factors(4, torch.Generator().manual_seed(3), pose="frontal")
+    depth, albedo = face_model.canonical_maps(factors, 32)
+    light = torch.tensor([[0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.2, -0.1]]).expand(4, -1)
+    view = torch.zeros(4, 6)
+    view[:, :3] = torch.tensor([[10.0, 30.0, 0.0], [-5.0, -25.0, 5.0], [0.0, 40.0, -8.0], [12.0, 0.0, 0.0]])
+    offset, along_z = 0.02, torch.tensor([0, 0, 0, 0, 0, 1.0])
+    seen, _ = render(depth, albedo, view, light)
+    moved, _ = render(depth + offset, albedo, dm.repivot(view, offset) - offset * along_z, light)
+    naive, _ = render(depth + offset, albedo, view - offset * along_z, light)
+    err, naive_err = (moved - seen).abs().mean((1, 2, 3)), (naive - seen).abs().mean((1, 2, 3))
+    assert (err[:3] < 0.35 * naive_err[:3]).all(), (err, naive_err)  # the turned faces
+    torch.testing.assert_close(dm.repivot(view, offset)[:, :3], view[:, :3])
+    # planted: translations independent of rotation, seen through a depth level 0.03 off
+    g = torch.Generator().manual_seed(0)
+    views = torch.cat(
+        [torch.randn(2000, 3, generator=g) * torch.tensor([8.0, 20.0, 5.0]), torch.randn(2000, 3, generator=g) * 0.01],
+        1,
+    )
+    seen_views = dm.repivot(views, -0.03)  # tx, ty now carry 0.03 (R z - z)
+    offset = dm.fit_pivot(seen_views)
+    assert abs(offset - 0.03) < 0.002
+
+    def r(a, b):
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+    assert r(seen_views[:, 3], views[:, 3]) < 0.8 and r(dm.repivot(seen_views, offset)[:, 3], views[:, 3]) > 0.995
+    assert abs(dm.fit_pivot(views)) < 0.002
+    assert dm.fit_pivot(torch.zeros(10, 6)) == 0.0  # no rotation: nothing to fit
+    model = dm.Decomposer(resolution=16, **TINY)
+    x = images(r=16)
+    raw = model.semantics(x)
+    model.pivot_offset = 0.05
+    torch.testing.assert_close(model.semantics(x)[:, :6], dm.repivot(raw[:, :6], 0.05))

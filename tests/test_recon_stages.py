@@ -125,6 +125,9 @@ def test_train_recon_on_generations_writes_everything(repo_root, stores, tmp_pat
         assert (out / name).is_file(), name
     model = load_decomposer(out / "decomposer.safetensors", allow_degenerate=True)
     assert model.resolution == 16 and load_checkpoint(out / "decomposer.safetensors")[1]["train_on"] == "generator"
+    # the reported view's pivot: fitted at export, in recon.json and the sidecar, restored on load
+    assert isinstance(result["pivot_offset"], float) and model.pivot_offset == result["pivot_offset"]
+    assert load_checkpoint(out / "decomposer.safetensors")[1]["pivot_offset"] == result["pivot_offset"]
     curves = (tmp_path / "run" / "curves.csv").read_text().splitlines()
     assert curves[0].startswith("step,total") and len(curves) == 1 + 6
     assert len(list((tmp_path / "run" / "panels").glob("step-*.png"))) == 2
