@@ -213,7 +213,8 @@ def run(params: Params, data: Path, out: Path) -> dict:
         )
     if recon.get("estimate_r"):
         est = pd.DataFrame({k: [v] for k, v in recon["estimate_r"].items()}, index=["r"]).rename_axis("estimate")
-        rec.table(est, "Pearson r of each view and light estimate with the truth (each Table 2 row's ceiling)", 3)
+        caption = "Pearson r of each view and light estimate with the truth on rendered faces (how well each is read)"
+        rec.table(est, caption, 3)
     sections.append(rec)
 
     uni = Section("Univariate manipulations (Fig. 1 and 4)")

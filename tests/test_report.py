@@ -92,7 +92,7 @@ def test_report_holds_every_section_table_and_figure(built):
     # all embedded figures: samples, curves, recon panel + scatter, edits, maps, dendrogram, supports, comp edits
     assert page.count('<img src="data:image/png;base64,') >= 9
     assert "Linear generator: cosine" in page and "interfacegan" in page
-    assert "Pearson r of each view and light estimate with the truth" in page  # recon.json estimate_r
+    assert "Pearson r of each view and light estimate with the truth on rendered faces" in page  # recon.json estimate_r
     assert (d / "report" / "univariate_edits.png").is_file()
     times = report.stage_times({}, ["preview", "sample_latents", "decompose"], d)["seconds"]
     assert times.isna().tolist() == [True, False, False] and (times.dropna() > 0).all()  # from the stores' attrs
