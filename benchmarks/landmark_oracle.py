@@ -2,7 +2,7 @@
 with known pose, as the real-photo issue's validation asks.
 
     .venv/bin/python benchmarks/landmark_oracle.py [--faces 200] [--size 128] [--pose wide] [--fov 10]
-        [--detector hog|cnn] [--no-equalize] [--json]
+        [--detector hog|cnn|hog+cnn] [--no-equalize] [--json]
 
 Prints detection rates (all faces, and |yaw| <= 45 degrees) and, on the detected faces, Pearson r
 and the mean absolute error (degrees) of pitch, yaw and roll; with --json ends with one JSON line
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=200)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--pose", default="wide", choices=("frontal", "wide"))
-    parser.add_argument("--detector", default="hog", choices=("hog", "cnn", "hog+cnn"))
+    parser.add_argument("--detector", default="hog", choices=LandmarkDetector.KINDS)
     parser.add_argument(
         "--fov", type=float, default=None, help="camera field of view in degrees (the renders': 10); default f = width"
     )

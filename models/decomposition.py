@@ -46,6 +46,13 @@ from models.renderer import LIGHT_NAMES, VIEW_NAMES, rotation_matrix
 SEMANTIC_NAMES = VIEW_NAMES + LIGHT_NAMES  # the 14 univariate semantics, in ``semantics()`` order
 
 
+def rotation_shift(view: torch.Tensor) -> torch.Tensor:
+    """R z - z [B, 3] of views [B, 6] (VIEW_NAMES; R as models.renderer.rotation_matrix): where a
+    unit step along the canonical z goes, less the step itself."""
+    rz = rotation_matrix(view[:, 0], view[:, 1], view[:, 2])[:, :, 2]
+    return rz - rz.new_tensor([0.0, 0.0, 1.0])
+
+
 def repivot(view: torch.Tensor, offset: float) -> torch.Tensor:
     """The view [B, 6] (VIEW_NAMES) re-expressed for the canonical depth moved ``offset`` world
     units away from the camera: translations T - offset (R z - z), rotations unchanged.
@@ -57,9 +64,7 @@ def repivot(view: torch.Tensor, offset: float) -> torch.Tensor:
     rotation-dependent part is applied here (the rest, -offset along z, is the same for every
     image). Pure.
     """
-    rz = rotation_matrix(view[:, 0], view[:, 1], view[:, 2])[:, :, 2]  # R z [B, 3]
-    shift = rz - rz.new_tensor([0.0, 0.0, 1.0])
-    return torch.cat([view[:, :3], view[:, 3:] - offset * shift], 1)
+    return torch.cat([view[:, :3], view[:, 3:] - offset * rotation_shift(view)], 1)
 
 
 def fit_pivot(view: torch.Tensor) -> float:
@@ -75,9 +80,8 @@ def fit_pivot(view: torch.Tensor) -> float:
     0.66). An assumption of facesem, not the paper's.
     """
     v = view.double()
-    rz = rotation_matrix(v[:, 0], v[:, 1], v[:, 2])[:, :, 2]
-    a = rz[:, :2] - rz[:, :2].mean(0)
-    t = v[:, 3:5] - v[:, 3:5].mean(0)
+    a = rotation_shift(v)[:, :2]
+    a, t = a - a.mean(0), v[:, 3:5] - v[:, 3:5].mean(0)
     den = float((a * a).sum())
     return float((a * t).sum()) / den if den > 1e-12 else 0.0
 

@@ -108,7 +108,7 @@ def ground_truth_errors(
     mask = erode((pred.mask & true.mask & seen).float(), erode_px)
     pred_d, true_d = pred.view_depth.clamp_min(1e-3), true.view_depth.clamp_min(1e-3)
     ang = angle_errors(dec.view, view)
-    reported = decomposer.semantic_view(dec.view) if hasattr(decomposer, "semantic_view") else dec.view
+    reported = decomposer.semantic_view(dec.view)
     return {
         "side": scale_invariant_depth_error(pred_d, true_d, mask),
         "mad_deg": mean_angle_deviation(pred_d, true_d, mask, fov_deg),

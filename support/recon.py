@@ -13,6 +13,7 @@ import torch
 
 from models import faces as face_model
 from models.decomposition import Decomposer, DecomposerConfig
+from models.peers import pearson
 from models.recon_metrics import ground_truth_errors
 from models.recon_training import render_reconstructions
 from models.renderer import LIGHT_NAMES, VIEW_NAMES, shade
@@ -111,13 +112,6 @@ def eval_faces(params: Params) -> dict[str, torch.Tensor]:
     }
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson r of two [n] arrays, rounded to 4 places; None where either is constant."""
-    if a.std() == 0 or b.std() == 0:
-        return None
-    return round(float(np.corrcoef(a, b)[0, 1]), 4)
-
-
 def evaluate(decomposer: Decomposer, params: Params, device) -> tuple[dict, dict[str, np.ndarray]]:
     """Ground-truth metrics (summary for the metrics JSON) and the per-face errors."""
     data, recon_params = eval_faces(params), params.recon
@@ -138,8 +132,12 @@ def evaluate(decomposer: Decomposer, params: Params, device) -> tuple[dict, dict
         )
     per = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
     per["true_yaw_deg"] = data["view"][:, 1].numpy()
-    truth = torch.cat([data["view"], data["light"]], 1).numpy()
-    per.update({f"true_{name}": truth[:, i] for i, name in enumerate(VIEW_NAMES + LIGHT_NAMES)})
+    names = VIEW_NAMES + LIGHT_NAMES
+    truth = torch.cat([data["view"], data["light"]], 1)
+    per.update({f"true_{name}": truth[:, i].numpy() for i, name in enumerate(names)})
+    estimates = torch.from_numpy(np.stack([per[f"est_{name}"] for name in names], 1))
+    estimate_r = pearson(estimates, truth).diagonal()
+    constant = (estimates.std(0) == 0) | (truth.std(0) == 0)  # no r: None, not pearson's 0
     extreme = np.abs(per["true_yaw_deg"]) > EXTREME_YAW_DEG
     scored = per["depth_px"] > 0
 
@@ -158,7 +156,7 @@ def evaluate(decomposer: Decomposer, params: Params, device) -> tuple[dict, dict
         "light_err_deg": mean(per["light_err_deg"]),
         "yaw_corr": round(yaw_corr, 4),
         "hollow_face": bool(yaw_corr < 0),
-        "estimate_r": {name: pearson(per[f"est_{name}"], per[f"true_{name}"]) for name in VIEW_NAMES + LIGHT_NAMES},
+        "estimate_r": {n: None if c else round(float(r), 4) for n, r, c in zip(names, estimate_r, constant)},
         "n_eval": int(recon_params.n_eval),
         "n_extreme": int(extreme.sum()),
         "n_unscored": int((~scored).sum()),
