@@ -6,6 +6,7 @@ faces, batches, summarizes and draws (the panel of Unsup3D's figures, a yaw scat
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ def load_decomposer(weights: str | Path, device="cpu", allow_degenerate: bool = 
     """The decomposer `train_recon` exported (decomposer.safetensors + sidecar with its config).
 
     Raises ValueError when the sidecar marks it degenerate (a collapsed or hollow-face
-    decomposition, `train_recon`'s verdict) unless ``allow_degenerate``.
+    decomposition, `train_recon`'s verdict) unless ``allow_degenerate``, or when its
+    ``pivot_offset`` (world units, the reported view's pivot) is not a finite number.
     """
     state, meta = load_checkpoint(weights, device)
     if "config" not in meta:
@@ -49,7 +51,10 @@ def load_decomposer(weights: str | Path, device="cpu", allow_degenerate: bool = 
         )
     model = Decomposer(DecomposerConfig(**meta["config"]))
     load_weights(model, state, weights, f"decomposer {meta['config']}")
-    model.pivot_offset = float(meta.get("pivot_offset", 0.0))
+    pivot = meta.get("pivot_offset", 0.0)
+    if isinstance(pivot, bool) or not isinstance(pivot, (int, float)) or not math.isfinite(pivot):
+        raise ValueError(f"{weights}: sidecar 'pivot_offset' must be a finite number (world units), got {pivot!r}")
+    model.pivot_offset = float(pivot)
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -139,6 +139,25 @@ def test_a_decomposer_of_another_architecture_is_named(exported, tmp_path):
         load_decomposer(folder / "decomposer.safetensors", allow_degenerate=True)
 
 
+@pytest.mark.parametrize("bad", [None, "0.03", float("nan"), True])
+def test_a_decomposer_sidecar_with_a_bad_pivot_offset_is_named(exported, tmp_path, bad):
+    import shutil
+
+    from support.recon import load_decomposer
+
+    folder = tmp_path / "recon"
+    shutil.copytree(exported["decomposer"].parent, folder)
+    sidecar = folder / "decomposer.json"
+    meta = json.loads(sidecar.read_text())
+    meta["pivot_offset"] = bad
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"decomposer\.safetensors: sidecar 'pivot_offset' must be a finite number"):
+        load_decomposer(folder / "decomposer.safetensors", allow_degenerate=True)
+    meta["pivot_offset"] = 0.03
+    sidecar.write_text(json.dumps(meta))
+    assert load_decomposer(folder / "decomposer.safetensors", allow_degenerate=True).pivot_offset == 0.03
+
+
 def test_a_truncated_gan_init_names_the_key_and_the_file(exported, tmp_path):
     import shutil
 
