@@ -239,24 +239,31 @@ def manipulate(w: torch.Tensor, v: torch.Tensor, s, sigma_w) -> torch.Tensor:
     return w + (target - w @ v)[:, None] * v
 
 
-def entangled_directions(effect: torch.Tensor, names: list[str]) -> dict[str, dict]:
+def entangled_directions(effect: torch.Tensor, names: list[str], columns: list[str] | None = None) -> dict[str, dict]:
     """Directions that move another semantic more than their own.
 
-    effect [k, k]: row i = how much moving along direction i changes each semantic (e.g. data
-    stds per unit s, or |r|), column order = `names` (direction i is named names[i]). Returns
-    {direction: {"moves_more": the other semantic it moves most, "other": that effect, "own": its
-    own}} for each direction whose largest off-diagonal |effect| exceeds its diagonal one.
+    effect [k, m]: row i = how much moving along direction names[i] changes each semantic (e.g.
+    data stds per unit s, or |r|), the columns named by `columns` (default: `names`, k = m), which
+    include each direction's own semantic. Returns {direction: {"moves_more": the other semantic
+    it moves most, "other": that effect, "own": its own}} for each direction whose largest
+    |effect| on another column exceeds that on its own (a tie is not entangled). Raises
+    ValueError when a direction's own semantic is not among the columns.
     """
+    columns = list(names if columns is None else columns)
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise ValueError(f"the effect's columns {columns} lack the directions' own semantics {missing}")
     out = {}
     magnitude = effect.abs()
     for i, name in enumerate(names):
+        own = columns.index(name)
         others = magnitude[i].clone()
-        others[i] = -1.0
+        others[own] = -1.0
         j = int(others.argmax())
-        if float(others[j]) > float(magnitude[i, i]):
+        if float(others[j]) > float(magnitude[i, own]):
             out[name] = {
-                "moves_more": names[j],
+                "moves_more": columns[j],
                 "other": round(float(others[j]), 4),
-                "own": round(float(magnitude[i, i]), 4),
+                "own": round(float(magnitude[i, own]), 4),
             }
     return out

@@ -186,9 +186,13 @@ def run(
         "sefa": best_abs_corr(w, sefa([a.cpu() for a in gen.modulation_weights()], k), y),
         "interfacegan": pearson(w[half:] @ interfacegan(w[:half], y[:half]).T, y[half:]).diagonal().abs(),
     }
-    edit = edit_quality(measure, w[: evaluate_params.edit_samples], units, sigma, evaluate_params.edit_scale, std_all)[
-        :, sel
-    ]
+    edit_all = edit_quality(
+        measure, w[: evaluate_params.edit_samples], units, sigma, evaluate_params.edit_scale, std_all
+    )
+    edit = edit_all[:, sel]  # [14, 14]
+    # entanglement counts every factor the oracle reads well (not flagged), e.g. hair colour, besides the 14
+    others = [i for i, f in enumerate(measure.names) if f not in names and f not in oracle_meta.get("flagged", [])]
+    columns = sel + others
     off = ~torch.eye(len(names), dtype=torch.bool)
 
     def named(row) -> dict:
@@ -208,8 +212,9 @@ def run(
             }
             for i, d in enumerate(names)
         },
-        # a direction whose edit moves another semantic more than its own (oracle, data stds per s)
-        "entangled": entangled_directions(edit, names),
+        # a direction whose edit moves another semantic (one of the 14 or a well-read factor such as
+        # hair colour) more than its own (oracle, stds per unit s)
+        "entangled": entangled_directions(edit_all[:, columns], names, [measure.names[i] for i in columns]),
         "generated_pose_std_deg": {
             n: round(float(y[:, names.index(n)].std()), 3) for n in ("yaw", "pitch", "roll") if n in names
         },  # spread of the generations' pose (oracle); data: faces.json

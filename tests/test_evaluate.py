@@ -133,6 +133,29 @@ def test_evaluate_names_the_factor_each_component_moves(linear_setup, tmp_path, 
     assert len(pd.read_csv(tmp_path / "out" / "components.csv")) == 3
 
 
+def test_a_direction_moving_hair_colour_more_than_its_own_is_entangled(linear_setup, tmp_path, monkeypatch):
+    """Entanglement counts the well-read factors beyond the 14 (here: light_y's row is the true
+    hair colour direction); a factor the oracle flags as badly read does not count (light_y's
+    then moves some other factor, more than light_y, which it barely moves)."""
+    params, d = linear_setup
+    gen = load_generator(d / "gan" / "generator.safetensors")
+    true_directions_store(gen, tmp_path / "dir.zarr", [*SEMANTIC_NAMES[:-1], "hair_colour"], list(SEMANTIC_NAMES))
+    monkeypatch.setattr(evaluate.Measure, "__call__", lambda self, w: self.gen.net.factors(w)[:, self.columns])
+    real = evaluate.load_checkpoint
+    for flagged in ([], ["hair_colour"]):
+
+        def meta(path, flagged=flagged):
+            state, info = real(path)
+            return state, {**info, "flagged": flagged}
+
+        monkeypatch.setattr(evaluate, "load_checkpoint", meta)
+        args = (d / "gan" / "generator.safetensors", d / "oracle", tmp_path / "dir.zarr", tmp_path / "out")
+        result = evaluate.run(params, *args, tmp_path / "m.json")
+        moves_more = result["entangled"].get("light_y", {}).get("moves_more")
+        assert (moves_more == "hair_colour") == (not flagged)
+        assert set(result["entangled"]) <= {"light_y"}  # the 13 true directions are not entangled
+
+
 def test_evaluate_with_the_real_oracle_runs_and_flags(linear_setup, tmp_path):
     params, d = linear_setup
     gen = load_generator(d / "gan" / "generator.safetensors")

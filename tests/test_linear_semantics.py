@@ -205,3 +205,14 @@ def test_entangled_directions_are_those_moving_another_semantic_more():
     effect = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.2, 0.1], [0.0, -0.3, 0.3]])  # roll moves yaw more than roll
     found = entangled_directions(effect, ["yaw", "roll", "tx"])
     assert found == {"roll": {"moves_more": "yaw", "other": 0.5, "own": 0.2}}  # tx: a tie is not entangled
+
+
+def test_entangled_directions_count_every_measured_factor():
+    from models.linear_semantics import entangled_directions
+
+    # light_y's direction moves hair colour (a factor that is not one of the directions) most
+    effect = torch.tensor([[0.9, 0.1, 0.2], [0.05, 0.09, -0.24]])
+    found = entangled_directions(effect, ["yaw", "light_y"], ["yaw", "light_y", "hair_colour"])
+    assert found == {"light_y": {"moves_more": "hair_colour", "other": 0.24, "own": 0.09}}
+    with pytest.raises(ValueError, match=r"lack the directions' own semantics \['light_y'\]"):
+        entangled_directions(effect, ["yaw", "light_y"], ["yaw", "tx", "hair_colour"])
