@@ -1,6 +1,8 @@
-"""Bring your own StyleGAN2, end to end: a random-weight NVlabs-layout 256 px generator (small
-widths) as a .pkl in data/pretrained, `gan.init` pointing at it with `gan.kimg: 0`, and
-`dvc repro` runs every stage on it at its own resolution."""
+"""Bring your own StyleGAN2 and your own photos, end to end (README, "From your photos to an
+edited photo"): a folder of photos (two package portraits, one photo without a face) FFHQ-aligned
+into faces.zarr, a random-weight NVlabs-layout 256 px generator (small widths) as a .pkl in
+data/pretrained, `gan.init` pointing at it with `gan.kimg: 0`, `dvc repro` running every stage
+on it at its own resolution, then a portrait projected and edited along the run's directions."""
 
 from __future__ import annotations
 
@@ -53,20 +55,38 @@ def _random_256_pickle(path):
     return write_nvlabs_pickle(path, G.state_dict(), D.state_dict(), CONFIG)
 
 
-def test_a_256px_nvlabs_pickle_runs_through_every_stage(tmp_path_factory):
+def _photos(folder):
+    """Two package portraits and a photo without a face (scikit-image's coffee cup)."""
+    import skimage.data
+    from matplotlib import cbook
+
+    folder.mkdir(parents=True)
+    Image.fromarray(skimage.data.astronaut()).save(folder / "astronaut.png")
+    Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).save(folder / "grace_hopper.jpg")
+    Image.fromarray(skimage.data.coffee()).save(folder / "coffee.png")
+    return {f"data/raw/{p.name}": p for p in sorted(folder.iterdir())}
+
+
+def test_photos_and_a_256px_nvlabs_pickle_run_through_every_stage_then_a_photo_is_edited(tmp_path_factory):
     work = tmp_path_factory.mktemp("import256")
     pkl = _random_256_pickle(work / "tiny256.pkl")
     params = {
         **TINY,
+        "data": {**TINY["data"], "source": "folder", "path": "data/raw", "align": "ffhq", "resolution": 64},
         "gan": {**TINY["gan"], "init": "data/pretrained/tiny256.pkl", "kimg": 0},
         "recon": {**TINY["recon"], "resolution": 16},
         "oracle": {**TINY["oracle"], "kind": "landmarks", "landmark_faces": 8, "landmark_detector": "hog"},
     }
-    root, env, guard = copy_project(work / "repo", params, {"data/pretrained/tiny256.pkl": pkl})
+    files = {"data/pretrained/tiny256.pkl": pkl, **_photos(work / "photos")}
+    root, env, guard = copy_project(work / "repo", params, files)
     proc = _run([sys.executable, "-m", "dvc", "repro"], root, env)
     for stage in STAGES:
         assert f"Running stage '{stage}'" in proc.stdout, stage
     data = root / "data"
+    faces = open_store(data / "faces.zarr")
+    assert faces["images"].shape == (2, 3, 64, 64)  # the two portraits, aligned
+    skipped = (data / "faces_report.csv").read_text()
+    assert "coffee.png" in skipped and "no face found" in skipped
     gen_meta = json.loads((data / "gan" / "generator.json").read_text())
     assert gen_meta["config"]["resolution"] == 256 and gen_meta["init_format"] == "nvlabs"
     assert gen_meta["config"]["conv_clamp"] == 256 and gen_meta["config"]["w_dim"] == 32
@@ -87,4 +107,15 @@ def test_a_256px_nvlabs_pickle_runs_through_every_stage(tmp_path_factory):
     assert np.asarray(full).std() > 0
     assert "where dlib found a face; not measured: pitch" not in (report / "index.html").read_text()
     assert "Measured with the landmark oracle on the 0 of" in (report / "index.html").read_text()
+    # the photo path on the run's outputs: align + project (a few steps) -> edit along yaw, a JPEG
+    facesem = [sys.executable, "-m", "pipeline.cli"]
+    photo = root / "data" / "raw" / "astronaut.png"
+    proc = _run([*facesem, "project", str(photo), "--out", str(work / "w.zarr"), "--steps", "3", "--json"], root, env)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 1 and summary["steps"] == 3 and np.isfinite(summary["psnr_db"])
+    assert open_store(work / "w.zarr")["w"].shape == (1, 32)
+    edited = work / "astronaut_yaw.jpg"
+    _run([*facesem, "edit", "--direction", "yaw", "--latent", str(work / "w.zarr"), "--out", str(edited)], root, env)
+    with Image.open(edited) as grid:
+        assert grid.format == "JPEG" and grid.height >= 256 and grid.width > grid.height
     assert not (guard / "attempts.log").exists()
