@@ -119,7 +119,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_stage(args: argparse.Namespace) -> int:
     from pipeline.dvc_process import dvc_command, stage_environment
     from pipeline.lifetime import reap_children_on_exit, run_lock
+    from support.params import load_params
 
+    load_params(project_root() / "params.yaml")  # before DVC removes the stage's outputs to re-run it
     cmd = dvc_command("repro", "--single-item", args.name, *(["--force"] if args.force else []))
     with run_lock(project_root()):
         reap_children_on_exit()
@@ -183,6 +185,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
     seeds, scales = args.seeds, args.scales
     if Path(args.out).suffix.lower() not in GRID_FORMATS:  # before any work
         raise ValueError(f"--out {args.out}: the image format comes from the suffix: one of {', '.join(GRID_FORMATS)}")
+    if args.image:
+        from tools.project import overwrites_input
+
+        if overwrites_input(Path(args.out), args.image):
+            raise ValueError(f"--out {args.out} would replace an input photo; choose another --out")
     stores = (
         [root / args.directions]
         if args.directions
@@ -219,10 +226,11 @@ def _edit_photos(args, gen, direction, sigma_w, scales):
 
     from support.edit import edit_latents
     from support.params import load_params
-    from tools.project import read_and_project, read_latents
+    from tools.project import check_latents, read_and_project, read_latents
 
     if args.latent:
         ws, names, noise = read_latents(args.latent)
+        check_latents(ws, gen, args.latent)
         return edit_latents(gen, ws, direction, sigma_w, scales, noise), 1 + len(scales), names
     params = load_params(project_root() / "params.yaml").project
     if args.steps:
@@ -461,8 +469,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(done.code or 0)
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyError as err:  # str() of a KeyError quotes its message
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)  # FileExistsError & co. name the path
         return 2
 
 

@@ -62,7 +62,8 @@ def read_photo(path: Path, min_size: int, background: tuple[int, int, int] = (0,
     """One photo as an RGB PIL image: the EXIF orientation applied (as photo viewers do), 16-bit
     greyscale scaled to 8 bits, transparency composited over ``background`` (RGB 0..255,
     data.alpha_background). Raises ValueError with the reason for a file that cannot be used:
-    unreadable, truncated, smaller than ``min_size``, no range."""
+    unreadable, truncated, smaller than ``min_size``, floating-point pixels (no defined range).
+    A uniform image (e.g. fully transparent) is read, not judged: it is a valid image."""
     try:
         with Image.open(path) as im:
             im.load()  # decodes fully: truncated files fail here

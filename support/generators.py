@@ -112,7 +112,14 @@ class LatentGenerator:
 
 
 def load_generator(weights: str | Path, device: str | torch.device = "cpu") -> LatentGenerator:
-    """Load the generator a `train_gan` run exported (`generator.safetensors` + sidecar)."""
+    """Load the generator a `train_gan` run (or `facesem import-gan`) exported
+    (`generator.safetensors` + sidecar). Raises CheckpointError for a missing or damaged file,
+    and names `facesem import-gan` for an NVlabs .pkl or rosinality .pt given directly."""
+    if Path(weights).suffix.lower() in (".pkl", ".pt", ".pth"):
+        raise CheckpointError(
+            f"{weights}: an NVlabs / rosinality checkpoint is imported first: facesem import-gan {weights} "
+            "--out DIR, then use DIR/generator.safetensors (or set gan.init to it and run the pipeline)"
+        )
     state, meta = load_checkpoint(weights, device)
     kind = meta.get("kind")
     try:

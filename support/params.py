@@ -361,9 +361,14 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
+    """params.yaml -> Params. Raises ParamsError (a ValueError) for a missing file, a YAML syntax
+    error (with its line and column) or invalid keys (each named)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: file not found")
     with path.open() as fh:
-        raw = yaml.safe_load(fh) or {}
+        try:
+            raw = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as err:  # a syntax error: say where, without a traceback
+            raise ParamsError(f"{path} is not valid YAML: {err}") from None
     return parse_params(raw, str(path))

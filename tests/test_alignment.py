@@ -116,3 +116,34 @@ def test_facesem_align_writes_faces_and_a_report(tmp_path):
     assert Image.open(tmp_path / "out" / "astronaut.png").size == (128, 128)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         align_photos([tmp_path / "nowhere"], tmp_path / "out", 128)
+
+
+def test_facesem_align_never_writes_over_a_photo_or_merges_two(tmp_path):
+    """Photos sharing a name keep their suffix or folder in the output's name; OUT equal to the
+    input folder is refused; OUT inside it is not read back as input on a second run."""
+    from tools.align import align_photos
+
+    photos = tmp_path / "in"
+    (photos / "sub").mkdir(parents=True)
+    face = Image.fromarray(_portraits()["astronaut"]).resize((256, 256))
+    for path in (photos / "me.jpg", photos / "me.png", photos / "sub" / "me.png"):
+        face.save(path)
+    kept = {p: p.read_bytes() for p in photos.rglob("*.*")}
+    done = align_photos([photos], photos / "aligned", 64)
+    assert done["photos"] == 3 and done["aligned"] == 3
+    written = sorted(str(p.relative_to(photos / "aligned")) for p in (photos / "aligned").rglob("*.png"))
+    assert written == ["me_jpg.png", "me_png.png", "sub/me.png"]
+    assert align_photos([photos], photos / "aligned", 64)["photos"] == 3  # its own outputs are not inputs
+    with pytest.raises(ValueError, match="would replace the photos"):
+        align_photos([photos], photos, 64)
+    with pytest.raises(ValueError, match="would write over the photo"):
+        align_photos([photos / "me.png"], photos, 64)
+    assert all(p.read_bytes() == data for p, data in kept.items())
+
+
+def test_facesem_align_into_a_file_is_an_error_naming_it(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "afile").write_text("mine")
+    assert main(["align", str(tmp_path), str(tmp_path / "afile")]) == 2
+    assert "afile" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "mine"

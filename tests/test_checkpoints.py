@@ -175,3 +175,14 @@ def test_a_truncated_gan_init_names_the_key_and_the_file(exported, tmp_path):
     raw["device"], raw["gan"]["init"] = "cpu", str(init)
     with pytest.raises(CheckpointError, match=r"gan\.init: checkpoint weights .*init\.safetensors cannot be read"):
         train_gan.initial_networks(parse_params(raw), "hash")
+
+
+@pytest.mark.parametrize("name", ["ffhq.pkl", "550000.pt"])
+def test_a_foreign_checkpoint_given_as_generator_names_import_gan(tmp_path, name):
+    from support.generators import load_generator
+
+    (tmp_path / name).write_bytes(b"not read")
+    with pytest.raises(
+        CheckpointError, match=rf"{name}: an NVlabs / rosinality checkpoint is imported first: facesem import-gan"
+    ):
+        load_generator(tmp_path / name)

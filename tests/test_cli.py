@@ -60,3 +60,21 @@ def test_stage_runs_one_stage_and_force_reruns_it(project):
     assert (root / "quick.txt").read_text() == "done" and "Running stage 'quick'" in again.stdout + again.stderr
     missing = facesem(project, "stage", "nope")
     assert missing.returncode != 0 and "nope" in missing.stdout + missing.stderr
+
+
+def test_bad_params_stop_a_stage_before_dvc_removes_its_output(project):
+    """`facesem stage` checks params.yaml first: a bad value or a YAML syntax error is named and
+    the stage's earlier output stays (DVC would remove it before running the command)."""
+    root, _ = project
+    assert facesem(project, "stage", "quick").returncode == 0
+    good = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(yaml.safe_dump(params_dict(data={"n_images": -1})))
+    out = facesem(project, "stage", "quick", "--force")
+    assert out.returncode == 2 and "data.n_images" in out.stderr and "Traceback" not in out.stderr
+    assert (root / "quick.txt").read_text() == "done"
+    (root / "params.yaml").write_text(good.replace("n_images:", "n_images: [24000\n  oops:", 1))
+    for command in (["stage", "quick"], ["params"]):
+        out = facesem(project, *command)
+        assert out.returncode == 2 and "params.yaml is not valid YAML" in out.stderr and "line" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert (root / "quick.txt").read_text() == "done"

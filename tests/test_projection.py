@@ -204,7 +204,19 @@ def test_cli_project_and_edit_a_real_portrait(tmp_path, monkeypatch, capsys):
     (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY\x01\x00")  # a truncated latents file
     assert main(["edit", "--direction", "yaw", "--latent", str(tmp_path / "cut.npy"), "--out", str(grid)]) == 2
     assert "cut.npy: not a readable .npy" in capsys.readouterr().err
+    for shape in ((1, 512), (1, 3, gen.w_dim), (0, gen.w_dim)):  # another generator's, or none
+        np.save(tmp_path / "other.npy", np.zeros(shape, np.float32))
+        assert main(["edit", "--direction", "yaw", "--latent", str(tmp_path / "other.npy"), "--out", str(grid)]) == 2
+        assert "other.npy: " in capsys.readouterr().err
     assert main(["project", str(photos / "broken.jpg"), "--out", str(tmp_path / "b.zarr")]) == 2
     assert "no usable photo" in capsys.readouterr().err
     assert main(["project", str(photos), "--out", str(tmp_path / "w.pt")]) == 2
     assert ".zarr or .npy" in capsys.readouterr().err
+    # an output that would replace an input photo is refused before any work; the photo is kept
+    kept = (photos / "astronaut.png").read_bytes()
+    for photo, latents in ((photos / "astronaut.png", photos / "astronaut.zarr"), (photos, photos / "astronaut.npy")):
+        assert main(["project", str(photo), "--out", str(latents)]) == 2
+        assert "over an input photo" in capsys.readouterr().err and not latents.exists()
+    edit = ["edit", "--direction", "yaw", "--image", str(photos), "--out", str(photos / "astronaut.png")]
+    assert main(edit) == 2 and "would replace an input photo" in capsys.readouterr().err
+    assert (photos / "astronaut.png").read_bytes() == kept

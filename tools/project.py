@@ -26,12 +26,25 @@ from support.projection import Projected, project_images, read_targets, to_gener
 SUFFIXES = (".zarr", ".npy")
 
 
-def check_output(out: Path, save_noise: bool) -> None:
-    """ValueError unless `out` is a .zarr or .npy latents file (and a .zarr when noise maps are kept)."""
+def check_output(out: Path, save_noise: bool, inputs: list[Path] = ()) -> None:
+    """ValueError unless `out` is a .zarr or .npy latents file (and a .zarr when noise maps are kept),
+    or when a file it writes (FILE.zarr / .npy, .json, .png) would replace one of the input photos
+    (a file named in `inputs`, or an existing file inside a folder named there)."""
     if out.suffix not in SUFFIXES:
         raise ValueError(f"--out must end in .zarr or .npy, got {out.name!r}")
     if save_noise and out.suffix != ".zarr":
         raise ValueError("the noise maps (--save-noise) need a .zarr output (--out FILE.zarr)")
+    for written in (out, out.with_suffix(".json"), out.with_suffix(".png")):
+        if overwrites_input(written, inputs):
+            raise ValueError(f"--out {out} would write {written} over an input photo; choose another --out")
+
+
+def overwrites_input(written: Path, inputs: list[Path]) -> bool:
+    """Whether writing `written` would replace an input photo: a file named in `inputs`, or an
+    existing file inside a folder named there."""
+    target = Path(written).resolve()
+    sources = [Path(p).resolve() for p in inputs]
+    return any(target == p or (p.is_dir() and target.is_relative_to(p) and target.exists()) for p in sources)
 
 
 def read_and_project(
@@ -111,9 +124,19 @@ def read_latents(path: str | Path) -> tuple[torch.Tensor, list[str], dict[str, n
         )
     else:
         raise ValueError(f"latents must be a .zarr or .npy file from `facesem project`, got {path.name!r}")
-    if w.ndim not in (2, 3) or not np.isfinite(w).all():
-        raise ValueError(f"{path}: w must be finite [n, w_dim] or [n, num_ws, w_dim], got shape {list(w.shape)}")
+    if w.ndim not in (2, 3) or not len(w) or not np.isfinite(w).all():
+        raise ValueError(f"{path}: w must be finite [n >= 1, w_dim] or [n, num_ws, w_dim], got shape {list(w.shape)}")
     return torch.from_numpy(w.astype(np.float32)), names, noise
+
+
+def check_latents(ws: torch.Tensor, gen: LatentGenerator, path: str | Path) -> None:
+    """ValueError naming the file when latents ws [n, w_dim] / [n, num_ws, w_dim] do not fit `gen`."""
+    want = [gen.w_dim] if ws.ndim == 2 else [gen.num_ws, gen.w_dim]
+    if list(ws.shape[1:]) != want:
+        raise ValueError(
+            f"{path}: latents of shape {list(ws.shape)} do not fit this generator (w_dim {gen.w_dim}, "
+            f"num_ws {gen.num_ws}): were they projected with another one? (--generator)"
+        )
 
 
 def project_photos(
@@ -127,7 +150,7 @@ def project_photos(
 ) -> dict:
     """Read, project and write (see the module doc). Returns the summary with psnr_db (mean),
     perceptual_distance (mean), steps, seconds, n, skipped. ValueError when no photo is usable."""
-    check_output(out, save_noise)  # before minutes of work
+    check_output(out, save_noise, inputs)  # before minutes of work
     names, images, projected, skipped = read_and_project(gen, inputs, params, align)
     if not save_noise:
         projected.noise = {}
