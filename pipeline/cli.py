@@ -69,6 +69,20 @@ def _seeds(text: str):
 
 
 POSITIVE_INT, POSITIVE_FLOAT = _positive(int), _positive(float)
+MAX_SIDE = 4096  # px: FFHQ is 1024; 4x supersampled alignment of a larger side needs tens of GB
+
+
+def _side(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SIDE:
+        raise ValueError(f"must be an integer side in px from 1 to {MAX_SIDE}, got {text!r}")
+    return value
+
+
+SIDE = _arg_type(_side, "side")
 SCALES, SEEDS = _arg_type(_scales, "scales"), _arg_type(_seeds, "seeds")
 
 
@@ -424,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="photos or folders of photos")
     p.add_argument("out", metavar="OUT", help="output folder")
-    p.add_argument("--size", type=POSITIVE_INT, default=256, help="output side in px (default 256)")
+    p.add_argument("--size", type=SIDE, default=256, help=f"output side in px, at most {MAX_SIDE} (default 256)")
     p.add_argument("--all-faces", action="store_true", help="every face of a photo (default: the largest)")
     p.add_argument("--json", action="store_true", help="end with one JSON line (photos, aligned, skipped, report)")
     p.set_defaults(func=cmd_align)

@@ -34,36 +34,44 @@ def load_direction(stores: str | Path | list, name: str) -> tuple[torch.Tensor, 
     raise KeyError(f"direction {name!r} is not in {', '.join(map(str, stores))}; available: {', '.join(seen)}")
 
 
-def parse_scales(text: str) -> list[float]:
-    """'-3:3:7' (start:stop:count, inclusive, count >= 1) or '-2,0,2' -> finite scales s of Eq. 4.
+MAX_COLUMNS = 256  # scales or seeds of one edit grid (each is a row or column of images)
 
-    Raises ValueError naming the text for anything else (a zero or negative count, a
-    non-number, inf / nan).
+
+def parse_scales(text: str) -> list[float]:
+    """'-3:3:7' (start:stop:count, inclusive, 1 <= count <= MAX_COLUMNS) or '-2,0,2' -> finite
+    scales s of Eq. 4 (at most MAX_COLUMNS).
+
+    Raises ValueError naming the text for anything else (a count out of range, a non-number,
+    inf / nan).
     """
-    bad = f"--scales must be start:stop:count (count >= 1) or a comma list of finite numbers, got {text!r}"
+    bad = (
+        f"--scales must be start:stop:count (1 <= count <= {MAX_COLUMNS}) or a comma list of at most "
+        f"{MAX_COLUMNS} finite numbers, got {text!r}"
+    )
     try:
         if ":" in text:
             lo, hi, count = text.split(":")
-            if int(count) < 1:
+            if not 1 <= int(count) <= MAX_COLUMNS:
                 raise ValueError
             values = np.linspace(float(lo), float(hi), int(count)).round(6).tolist()
         else:
             values = [float(x) for x in text.split(",")]
     except ValueError:
         raise ValueError(bad) from None
-    if not np.isfinite(values).all():
+    if not np.isfinite(values).all() or len(values) > MAX_COLUMNS:
         raise ValueError(bad)
     return values
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0,1,2' -> seeds (integers >= 0); raises ValueError naming the text otherwise."""
+    """'0,1,2' -> seeds (integers in [0, 2^63), at most MAX_COLUMNS); raises ValueError naming the
+    text otherwise."""
     try:
         seeds = [int(x) for x in text.split(",")]
     except ValueError:
         seeds = None
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"--seeds must be a comma list of integers >= 0, got {text!r}")
+    if not seeds or min(seeds) < 0 or max(seeds) >= 2**63 or len(seeds) > MAX_COLUMNS:
+        raise ValueError(f"--seeds must be a comma list of at most {MAX_COLUMNS} integers in [0, 2^63), got {text!r}")
     return seeds
 
 

@@ -147,3 +147,6 @@ def test_facesem_align_into_a_file_is_an_error_naming_it(tmp_path, capsys):
     (tmp_path / "afile").write_text("mine")
     assert main(["align", str(tmp_path), str(tmp_path / "afile")]) == 2
     assert "afile" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "mine"
+    assert main(["align", str(tmp_path), str(tmp_path / "out"), "--size", "20000"]) == 2
+    assert "--size: must be an integer side in px from 1 to 4096" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -132,11 +132,11 @@ def test_cli_edit_names_a_truncated_generator(linear_run, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["edit", "--direction", "yaw", "--scales", "1:2:0"], "--scales must be start:stop:count (count >= 1)"),
+        (["edit", "--direction", "yaw", "--scales", "1:2:0"], "--scales must be start:stop:count (1 <= count <= 256)"),
         (["edit", "--direction", "yaw", "--scales", "-1:1:-3"], "--scales must be"),
         (["edit", "--direction", "yaw", "--scales", "0,inf"], "finite"),
         (["edit", "--direction", "yaw", "--scales", "1:2:2.5"], "--scales must be"),
-        (["edit", "--direction", "yaw", "--seeds", "0,x"], "--seeds must be a comma list of integers >= 0"),
+        (["edit", "--direction", "yaw", "--seeds", "0,x"], "--seeds must be a comma list of at most 256 integers in [0, 2^63)"),
         (["edit", "--direction", "yaw", "--seeds", "-1"], "--seeds must be"),
         (["edit", "--direction", "yaw", "--zoom", "0"], "argument --zoom: must be a positive finite int, got '0'"),
         (["inspect", "faces", "--rows", "-2"], "argument --rows: must be a positive finite int"),
@@ -148,3 +148,17 @@ def test_cli_edit_names_a_truncated_generator(linear_run, tmp_path, capsys):
 def test_nonsense_arguments_exit_2_naming_the_argument(args, fragment, capsys):
     assert cli.main(args) == 2
     assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["1:2:1000000", "1:2:0", ",".join(["1"] * 257), "a:b:c", "0,inf"])
+def test_scales_out_of_range_are_refused_naming_them(text):
+    with pytest.raises(ValueError, match="--scales must be"):
+        parse_scales(text)
+
+
+@pytest.mark.parametrize("text", ["99999999999999999999", "-1", "x", ""])
+def test_seeds_out_of_range_are_refused_naming_them(text):
+    from support.edit import parse_seeds
+
+    with pytest.raises(ValueError, match=r"--seeds must be .* got"):
+        parse_seeds(text)
