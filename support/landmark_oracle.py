@@ -1,18 +1,21 @@
-"""A landmark oracle: head pose (pitch, yaw, roll in degrees) of a face photo from dlib's 68
-landmarks and OpenCV's solvePnP on a generic 3D face, the protocol the paper used for its Table 2
-on FFHQ GANs, which have no labels. SQPnP (a global optimum) is used: the iterative solver
-flipped roll by 180 degrees on some faces. Measured against ground truth by
-benchmarks/landmark_oracle.py (README).
+"""A landmark oracle: head pose (pitch, yaw, roll in degrees) of a face photo from its landmarks
+and OpenCV's solvePnP on a generic 3D face, the protocol the paper used for its Table 2 on FFHQ
+GANs, which have no labels. The landmarks are dlib's 68 (HOG and/or MMOD CNN detector) or
+MediaPipe Face Mesh's 468 (a 3D landmarker, as the paper's; `detector="mediapipe"`). SQPnP (a
+global optimum) is used: the iterative solver flipped roll by 180 degrees on some faces.
+Measured against ground truth by benchmarks/landmark_oracle.py (README).
 
 The generic face is the mean 3D position of the landmarks on the project's procedural faces
-(`tools/fit_landmark_model.py` -> support/data/generic_face_68.npy). The camera is a pinhole with
-the principal point at the image centre; its focal length comes from the image width (f = width,
-a photo of unknown camera: the paper's protocol) or, where the camera is known, from its field
-of view (``fov_deg``: the procedural renders use models.renderer's 10 degrees; with it the
-validation's pitch r rose from 0.39 to 0.56 and yaw MAE fell from 6.7 to 4.7 degrees). The
-inner 51 landmarks (brows, nose, eyes, mouth: 17-67) are used; the jaw contour slides with the
-view. The angles follow models.renderer's convention: R = Rz(roll) Ry(yaw) Rx(pitch), positive
-yaw turns the nose to image left, positive pitch down, positive roll clockwise on screen.
+(`tools/fit_landmark_model.py` -> support/data/generic_face_68.npy, generic_face_mesh_468.npy).
+The camera is a pinhole with the principal point at the image centre; its focal length comes
+from the image width (f = width, a photo of unknown camera: the paper's protocol) or, where the
+camera is known, from its field of view (``fov_deg``: the procedural renders use
+models.renderer's 10 degrees; with it the validation's pitch r rose from 0.39 to 0.56 and yaw
+MAE fell from 6.7 to 4.7 degrees with dlib). The landmarks off the face contour are used (dlib:
+the inner 51, brows, nose, eyes, mouth; Face Mesh: all but its 36 oval points): the contour
+slides with the view. The angles follow models.renderer's convention: R = Rz(roll) Ry(yaw)
+Rx(pitch), positive yaw turns the nose to image left, positive pitch down, positive roll
+clockwise on screen.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import numpy as np
 import torch
 
 from models.renderer import intrinsics
-from support.landmarks import LandmarkDetector
+from support.landmarks import FaceMeshDetector, LandmarkDetector
 
 GENERIC_FACE = Path(__file__).resolve().parent / "data" / "generic_face_68.npy"
+GENERIC_MESH = Path(__file__).resolve().parent / "data" / "generic_face_mesh_468.npy"  # Face Mesh's 468
 INNER = np.arange(17, 68)  # brows, nose, eyes, mouth
+DETECTORS = (*LandmarkDetector.KINDS, FaceMeshDetector.kind)
 POSE_NAMES = ("pitch", "yaw", "roll")
 
 
@@ -45,16 +50,24 @@ class LandmarkPoseOracle:
 
     names = POSE_NAMES
 
-    def __init__(self, detector: LandmarkDetector | str | None = None, fov_deg: float | None = None):
-        """detector: a LandmarkDetector (anything with its ``faces(image)``), or its kind ("hog", "cnn";
-        default hog).
+    def __init__(self, detector: LandmarkDetector | FaceMeshDetector | str | None = None, fov_deg: float | None = None):
+        """detector: a LandmarkDetector or FaceMeshDetector (anything with their ``faces(image)``),
+        or its kind (DETECTORS: "hog", "cnn", "hog+cnn" for dlib's 68 landmarks, "mediapipe" for
+        Face Mesh's 468; default hog).
         fov_deg: the camera's horizontal field of view in degrees, in (0, 180); None: focal
-        length = image width (about 53 degrees). Raises ValueError outside (0, 180)."""
+        length = image width (about 53 degrees). Raises ValueError outside (0, 180) or for
+        another kind."""
         if fov_deg is not None and not 0 < fov_deg < 180:
             raise ValueError(f"fov_deg must be in (0, 180) degrees or None, got {fov_deg}")
-        self.detector = detector if hasattr(detector, "faces") else LandmarkDetector(kind=detector or "hog")
-        self.fov_deg = fov_deg
-        self.model = np.load(GENERIC_FACE)  # [68, 3], world units, centred on the face
+        if not hasattr(detector, "faces"):
+            kind = detector or "hog"
+            if kind not in DETECTORS:
+                raise ValueError(f"landmark detector must be one of {', '.join(DETECTORS)}; got {kind!r}")
+            detector = FaceMeshDetector() if kind == FaceMeshDetector.kind else LandmarkDetector(kind=kind)
+        self.detector, self.fov_deg = detector, fov_deg
+        mesh = isinstance(detector, FaceMeshDetector)
+        self.model = np.load(GENERIC_MESH if mesh else GENERIC_FACE)  # [N, 3], world units, centred on the face
+        self.points = detector.rigid_points if mesh else INNER  # the landmarks solvePnP uses
 
     def camera(self, width: int, height: int) -> np.ndarray:
         """Intrinsics K [3, 3] (px) for an image of this size: principal point at the centre,
@@ -74,8 +87,8 @@ class LandmarkPoseOracle:
             return None
         h, w = photo.shape[:2]
         ok, rvec, _ = cv2.solvePnP(
-            self.model[INNER],
-            faces[0].landmarks[INNER].astype(np.float64),
+            self.model[self.points],
+            faces[0].landmarks[self.points].astype(np.float64),
             self.camera(w, h),
             None,
             flags=cv2.SOLVEPNP_SQPNP,

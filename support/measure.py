@@ -44,7 +44,7 @@ def landmark_table2(
     gen: LatentGenerator, units: torch.Tensor, n: int, batch: int, seed: int, device, oracle, max_side: int = 256
 ) -> dict:
     """Table 2 with the landmark oracle (support.landmark_oracle): Pearson r of w . v with the pitch,
-    yaw and roll dlib + solvePnP read off G(w) (area-downsized to at most `max_side`), over the
+    yaw and roll landmarks + solvePnP read off G(w) (area-downsized to at most `max_side`), over the
     samples where a face is found. units [k, d]; n fresh samples (seed).
 
     Returns {"table2" [k, 3] (NaN when fewer than 3 faces), "n_measured", "measured_mask" [n]

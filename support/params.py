@@ -114,10 +114,11 @@ class OracleParams(Section):
     width: int = Field(ge=4)
     holdout: float = Field(gt=0, lt=1)  # fraction of faces held out for R^2
     r2_threshold: float = Field(ge=0, le=1)  # factors measured worse are flagged
-    kind: Literal["learned", "landmarks"]  # landmarks: pose from dlib + solvePnP (support.landmark_oracle)
+    kind: Literal["learned", "landmarks"]  # landmarks: pose from landmarks + solvePnP (support.landmark_oracle)
     landmark_faces: int = Field(ge=3)  # landmarks: validation renders of known pose
     landmark_size: int = Field(ge=64, le=1024)  # landmarks: their side
-    landmark_detector: Literal["hog", "cnn", "hog+cnn"]  # dlib HOG, MMOD CNN, or CNN where HOG fails
+    # Face Mesh (mediapipe), or dlib's HOG, MMOD CNN, or the CNN where HOG finds none
+    landmark_detector: Literal["mediapipe", "hog", "cnn", "hog+cnn"]
     landmark_fov_deg: float | None = Field(default=None, gt=0, lt=180)  # solvePnP camera; None: focal = width
     seed: int = Field(ge=0)
 

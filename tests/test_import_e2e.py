@@ -105,7 +105,7 @@ def test_photos_and_a_256px_nvlabs_pickle_run_through_every_stage_then_a_photo_i
     page = Image.open(report / "univariate_edits.png")
     assert full.height >= 256 and page.width < full.width  # edits at 256 px; the page shows a downsized copy
     assert np.asarray(full).std() > 0
-    assert "where dlib found a face; not measured: pitch" not in (report / "index.html").read_text()
+    assert "where a face was found; not measured: pitch" not in (report / "index.html").read_text()
     assert "Measured with the landmark oracle on the 0 of" in (report / "index.html").read_text()
     # the photo path on the run's outputs: align + project (a few steps) -> edit along yaw, a JPEG
     facesem = [sys.executable, "-m", "pipeline.cli"]

@@ -48,3 +48,16 @@ def test_real_data_skips_the_oracle_with_a_reason(repo_root, tmp_path):
         group.create_array("images", data=np.zeros((4, 3, 32, 32), np.uint8))
     result = train_oracle.run(params(repo_root), tmp_path / "faces.zarr", tmp_path / "oracle", tmp_path / "o.json")
     assert result["skipped"] and "real data" in result["reason"]
+
+
+def test_the_landmark_oracle_with_the_default_detector_validates_itself(repo_root, tmp_path):
+    """oracle.kind: landmarks with the default detector (Face Mesh): validated on renders of known
+    pose, r^2 per pose angle under the learned oracle's keys, the detector recorded."""
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+    raw["oracle"].update(kind="landmarks", landmark_faces=24, landmark_fov_deg=10.0)
+    p = parse_params(raw)
+    result = train_oracle.run(p, tmp_path / "faces.zarr", tmp_path / "oracle", tmp_path / "o.json")
+    assert result["detector"] == "mediapipe" and set(result["oracle_r2"]) == {"pitch", "yaw", "roll"}
+    assert result["validation"]["detected"] >= 0.7 and result["oracle_r2"]["yaw"] > 0.7
+    assert "(mediapipe) finds" in result["validation_space"]
+    assert json.loads((tmp_path / "oracle" / "landmarks.json").read_text()) == result
