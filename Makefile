@@ -44,7 +44,8 @@ browser:
 test: install browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	FACESEM_REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider
+	@# two workers (pytest-xdist), each test file on one: most tests wait on subprocesses (DVC, Prefect)
+	FACESEM_REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 bench: install
 	$(PY) benchmarks/renderer.py
