@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from support.landmark_oracle import DETECTORS, POSE_NAMES, LandmarkPoseOracle, validate  # noqa: E402
-from support.landmarks import FaceMeshDetector, LandmarkDetector  # noqa: E402
+from support.landmark_oracle import POSE_NAMES, LandmarkPoseOracle, validate  # noqa: E402
+from support.landmarks import DETECTOR_KINDS, make_detector  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=200)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--pose", default="wide", choices=("frontal", "wide"))
-    parser.add_argument("--detector", default="hog", choices=DETECTORS)
+    parser.add_argument("--detector", default="hog", choices=DETECTOR_KINDS)
     parser.add_argument(
         "--fov", type=float, default=None, help="camera field of view in degrees (the renders': 10); default f = width"
     )
@@ -41,11 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    detector = (
-        FaceMeshDetector()
-        if args.detector == FaceMeshDetector.kind
-        else LandmarkDetector(kind=args.detector, equalize=not args.no_equalize)
-    )
+    detector = make_detector(args.detector, equalize=not args.no_equalize)
     res = validate(LandmarkPoseOracle(detector, args.fov), args.faces, args.size, args.pose)
     res["detector"], res["equalize"] = args.detector, not args.no_equalize
     res["seconds"] = round(time.perf_counter() - start, 1)

@@ -27,18 +27,24 @@ def find_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Photos named on a command line: files as given, folders searched (`find_images`), in order.
+def input_files(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
+    """Photos named on a command line, in order, each with its path relative to the folder it was
+    found in (a file given by name: its name): files as given, folders searched (`find_images`).
     Raises FileNotFoundError naming an input that does not exist."""
-    files: list[Path] = []
+    files: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += find_images(item)
+            files += [(f, f.relative_to(item)) for f in find_images(item)]
         elif item.is_file():
-            files.append(item)
+            files.append((item, Path(item.name)))
         else:
             raise FileNotFoundError(f"{item} not found")
     return files
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """The photos of `input_files`, without their relative paths."""
+    return [f for f, _ in input_files(inputs)]
 
 
 def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:

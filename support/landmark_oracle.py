@@ -27,12 +27,11 @@ import numpy as np
 import torch
 
 from models.renderer import intrinsics
-from support.landmarks import FaceMeshDetector, LandmarkDetector
+from support.landmarks import FaceMeshDetector, LandmarkDetector, make_detector
 
 GENERIC_FACE = Path(__file__).resolve().parent / "data" / "generic_face_68.npy"
 GENERIC_MESH = Path(__file__).resolve().parent / "data" / "generic_face_mesh_468.npy"  # Face Mesh's 468
 INNER = np.arange(17, 68)  # brows, nose, eyes, mouth
-DETECTORS = (*LandmarkDetector.KINDS, FaceMeshDetector.kind)
 POSE_NAMES = ("pitch", "yaw", "roll")
 
 
@@ -52,7 +51,7 @@ class LandmarkPoseOracle:
 
     def __init__(self, detector: LandmarkDetector | FaceMeshDetector | str | None = None, fov_deg: float | None = None):
         """detector: a LandmarkDetector or FaceMeshDetector (anything with their ``faces(image)``),
-        or its kind (DETECTORS: "hog", "cnn", "hog+cnn" for dlib's 68 landmarks, "mediapipe" for
+        or its kind (support.landmarks.DETECTOR_KINDS: "hog", "cnn", "hog+cnn" for dlib's 68 landmarks, "mediapipe" for
         Face Mesh's 468; default hog).
         fov_deg: the camera's horizontal field of view in degrees, in (0, 180); None: focal
         length = image width (about 53 degrees). Raises ValueError outside (0, 180) or for
@@ -60,10 +59,7 @@ class LandmarkPoseOracle:
         if fov_deg is not None and not 0 < fov_deg < 180:
             raise ValueError(f"fov_deg must be in (0, 180) degrees or None, got {fov_deg}")
         if not hasattr(detector, "faces"):
-            kind = detector or "hog"
-            if kind not in DETECTORS:
-                raise ValueError(f"landmark detector must be one of {', '.join(DETECTORS)}; got {kind!r}")
-            detector = FaceMeshDetector() if kind == FaceMeshDetector.kind else LandmarkDetector(kind=kind)
+            detector = make_detector(detector or "hog")
         self.detector, self.fov_deg = detector, fov_deg
         mesh = isinstance(detector, FaceMeshDetector)
         self.model = np.load(GENERIC_MESH if mesh else GENERIC_FACE)  # [N, 3], world units, centred on the face

@@ -135,6 +135,17 @@ class FaceMeshDetector:
         return [Face((int(left), int(top), int(right), int(bottom)), 1.0, points)]
 
 
+DETECTOR_KINDS = (*LandmarkDetector.KINDS, FaceMeshDetector.kind)
+
+
+def make_detector(kind: str, equalize: bool = True) -> LandmarkDetector | FaceMeshDetector:
+    """The detector of a kind (DETECTOR_KINDS: dlib's "hog", "cnn", "hog+cnn" with `equalize`, or
+    "mediapipe"). Raises ValueError naming the kinds for another."""
+    if kind not in DETECTOR_KINDS:
+        raise ValueError(f"landmark detector must be one of {', '.join(DETECTOR_KINDS)}; got {kind!r}")
+    return FaceMeshDetector() if kind == FaceMeshDetector.kind else LandmarkDetector(kind=kind, equalize=equalize)
+
+
 def aligned_faces(
     detector: LandmarkDetector, image: np.ndarray, size: int, all_faces: bool = False
 ) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from store.artifacts import temporary_path
-from store.images import find_images, read_photo
+from store.images import input_files, read_photo
 from support.landmarks import LandmarkDetector, aligned_faces
 
 
@@ -29,14 +29,10 @@ def output_stems(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
     out = out.resolve()
     pairs: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            if item.resolve() == out:
-                raise ValueError(f"OUT {out} is the input folder {item}: the faces would replace the photos")
-            pairs += [(f, f.relative_to(item)) for f in find_images(item) if not f.resolve().is_relative_to(out)]
-        elif item.is_file():
-            pairs.append((item, Path(item.name)))
-        else:
-            raise FileNotFoundError(f"{item} not found")
+        if item.is_dir() and item.resolve() == out:
+            raise ValueError(f"OUT {out} is the input folder {item}: the faces would replace the photos")
+        found = input_files([item])  # a folder's files under OUT are earlier outputs, not inputs
+        pairs += [(f, rel) for f, rel in found if not (item.is_dir() and f.resolve().is_relative_to(out))]
     stems = [rel.with_suffix("") for _, rel in pairs]
     shared = {s for s in stems if stems.count(s) > 1}
     stems = [

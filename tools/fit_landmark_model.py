@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from models import faces as face_model
 from models.renderer import FACE_CENTRE, VIEW_NAMES, intrinsics
-from support.landmarks import FaceMeshDetector, LandmarkDetector
+from support.landmarks import make_detector
 
 DATA = Path(__file__).resolve().parents[1] / "support" / "data"
 OUT = {"hog": DATA / "generic_face_68.npy", "mediapipe": DATA / "generic_face_mesh_468.npy"}
@@ -50,7 +50,7 @@ def fit(n_faces: int, size: int, seed: int, detector: str = "hog") -> tuple[np.n
     factors = face_model.sample_factors(n_faces, torch.Generator().manual_seed(seed), pose="frontal")
     for name in VIEW_NAMES:
         factors[:, face_model.FACTOR_INDEX[name]] = 0.0
-    finder, points = FaceMeshDetector() if detector == "mediapipe" else LandmarkDetector(), []
+    finder, points = make_detector(detector), []
     for lo in tqdm(range(0, n_faces, 16), desc="fit", unit="batch"):
         images, _, depth, _ = face_model.render_faces(factors[lo : lo + 16], size, return_maps=True)
         photos = (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
